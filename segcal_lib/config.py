@@ -1,0 +1,122 @@
+"""Profiles, device choice, the cache folder and seeding.
+
+Every chapter reads its sizes from :func:`get_profile`, so the same notebook runs in about two minutes on two CPU cores
+(``fast``) and at realistic sizes on a GPU (``full``). The profile is chosen by ``SEGCAL_PROFILE`` and otherwise by the
+device: ``full`` when a GPU is present, ``fast`` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROFILE_ENV = "SEGCAL_PROFILE"
+CACHE_ENV = "SEGCAL_CACHE"
+DEVICE_ENV = "SEGCAL_DEVICE"
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes a chapter uses; ``fast`` fits two CPU cores, ``full`` a Colab GPU.
+
+    Attributes
+    ----------
+    name : "fast" or "full".
+    image_size : (height, width) of synthetic scenes and of resized real images.
+    n_train, n_val, n_test : number of images per split for synthetic data (real data sets use their own splits,
+        truncated to these counts when they are smaller than the split).
+    crop_size : training crop (square side, pixels).
+    train_iters : optimisation steps when training a segmentation model.
+    batch_size : training batch size.
+    model : default model name of the registry for a chapter's main model.
+    """
+
+    name: str
+    image_size: tuple[int, int]
+    n_train: int
+    n_val: int
+    n_test: int
+    crop_size: int
+    train_iters: int
+    batch_size: int
+    model: str
+
+
+PROFILES: dict[str, Profile] = {
+    "fast": Profile("fast", image_size=(96, 128), n_train=192, n_val=48, n_test=48, crop_size=64,
+                    train_iters=500, batch_size=16, model="resnet10t_fpn"),
+    "full": Profile("full", image_size=(360, 480), n_train=2000, n_val=300, n_test=300, crop_size=256,
+                    train_iters=8000, batch_size=16, model="resnet34_fpn"),
+}
+
+
+def has_gpu() -> bool:
+    """True when CUDA (or Apple MPS) is usable."""
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available())
+
+
+def profile_name() -> str:
+    """The active profile name: ``SEGCAL_PROFILE`` if set, else ``full`` on a GPU and ``fast`` on a CPU."""
+    name = os.environ.get(PROFILE_ENV, "").strip().lower()
+    if not name:
+        return "full" if has_gpu() else "fast"
+    if name not in PROFILES:
+        raise ValueError(f"{PROFILE_ENV} must be one of {sorted(PROFILES)}, got {name!r}")
+    return name
+
+
+def get_profile(name: str | None = None, **overrides) -> Profile:
+    """Return the active :class:`Profile` (or the one named), with optional field overrides.
+
+    >>> get_profile("fast").crop_size
+    64
+    """
+    name = name or profile_name()
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {name!r}")
+    return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Pick a device: ``prefer`` or ``SEGCAL_DEVICE`` if given, else CUDA, then MPS, then CPU."""
+    wanted = prefer or os.environ.get(DEVICE_ENV)
+    if wanted:
+        return torch.device(wanted)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder for trained models and logits (``SEGCAL_CACHE``, default ``~/.cache/segcal``), created on use.
+
+    Extra ``parts`` name a sub-folder, e.g. ``cache_dir("models")``.
+    """
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "segcal").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int = DEFAULT_SEED) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def describe() -> str:
+    """One line a chapter prints first: profile, device, torch version, cache folder."""
+    return (f"profile={profile_name()}  device={get_device()}  torch={torch.__version__}  "
+            f"threads={torch.get_num_threads()}  cache={cache_dir()}")

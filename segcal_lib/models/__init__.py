@@ -1,0 +1,1 @@
+"""Segmentation networks from timm backbones, their training loop and train-or-load cache."""
