@@ -89,6 +89,26 @@ def _check_finite_and_probs(scores: torch.Tensor, inputs: str) -> None:
                              f"by up to {err:.3g}; expected it to be 1 (pass logits with inputs='logits')")
 
 
+def _max_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max and first arg-max over dim 1 of (N, C, P), as (N, P) each.
+
+    ``Tensor.max(dim)`` with indices is an order of magnitude slower on CPU than ``amax`` plus one pass over the
+    classes (which also pins ties to the first class, as ``argmax`` does).
+    """
+    top = x.amax(1)
+    pred = torch.full_like(top, x.shape[1] - 1, dtype=torch.long)
+    for k in range(x.shape[1] - 2, -1, -1):
+        pred.masked_fill_(x[:, k] == top, k)
+    return top, pred
+
+
+def _take_class(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x[n, y[n, i], i]`` for x (N, C, P) contiguous, y (N, P): one flat gather, faster than ``gather`` on dim 1."""
+    n, c, p = x.shape
+    flat = (torch.arange(n, device=x.device)[:, None] * c + y) * p + torch.arange(p, device=x.device)
+    return x.reshape(-1)[flat]
+
+
 def _pixel_terms(scores: torch.Tensor, labels: torch.Tensor, inputs: str, dtype: torch.dtype, need_probs: bool):
     """Per-pixel quantities from scores (N, C, P) and labels (N, P) (ignored labels replaced by any valid class).
 
@@ -96,17 +116,16 @@ def _pixel_terms(scores: torch.Tensor, labels: torch.Tensor, inputs: str, dtype:
     Works in place on one private copy of the scores and reduces over dim 1 of the contiguous layout, so the only
     full-size temporary is that copy.
     """
-    x = scores.to(dtype, copy=True)
-    y = labels[:, None]
+    x = scores.to(dtype, copy=True).contiguous()
     if inputs == "probs":
-        conf, pred = x.max(1)
-        p_y = x.gather(1, y).squeeze(1)
+        conf, pred = _max_argmax(x)
+        p_y = _take_class(x, labels)
         logp_y = p_y.clamp_min(torch.finfo(dtype).tiny).log()
         brier = (x * x).sum(1) - 2 * p_y + 1
         return x, conf, pred, logp_y, brier
-    top, pred = x.max(1, keepdim=True)
-    z_y = x.gather(1, y).sub_(top).squeeze(1)
-    e = x.sub_(top).exp_()  # exp(x - max): the arg-max class gets exactly 1
+    top, pred = _max_argmax(x)
+    z_y = _take_class(x, labels) - top
+    e = x.sub_(top[:, None]).exp_()  # exp(x - max): the arg-max class gets exactly 1
     s = e.sum(1)
     conf = s.reciprocal()
     logp_y = z_y - s.log()
@@ -114,9 +133,9 @@ def _pixel_terms(scores: torch.Tensor, labels: torch.Tensor, inputs: str, dtype:
     if need_probs:
         p = e.div_(s[:, None])
         brier = (p * p).sum(1) - 2 * p_y + 1
-        return p, conf, pred.squeeze(1), logp_y, brier
+        return p, conf, pred, logp_y, brier
     brier = e.square_().sum(1) * conf.square() - 2 * p_y + 1  # sum_k p_k^2 = sum_k e_k^2 / s^2
-    return None, conf, pred.squeeze(1), logp_y, brier
+    return None, conf, pred, logp_y, brier
 
 
 def _bin_index(conf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -231,7 +250,7 @@ class CalibrationMeter:
         return self
 
     def _update_chunk(self, scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None) -> None:
-        dev, b, c = self.device, self.n_bins, self.num_classes
+        dev, b, c, f64 = self.device, self.n_bins, self.num_classes, torch.float64
         n_img = scores.shape[0]
         labels = labels.to(dev).flatten(1).long()
         valid = labels != self.ignore_index
@@ -241,33 +260,30 @@ class CalibrationMeter:
         p, conf, pred, logp_y, brier = _pixel_terms(scores.to(dev).flatten(2), y, self.inputs, self.compute_dtype,
                                                     need_probs=self.classwise)
         edges = self.edges.to(conf.dtype)
-        f64 = torch.float64
-        img = torch.arange(n_img, device=dev)[:, None].expand_as(y)[valid]  # image of each valid pixel
-        conf, hit = conf[valid], (pred == y)[valid].to(f64)
+        # Ignored pixels stay in place with weight 0: cheaper than gathering the valid ones.
+        w = valid.to(f64)
         k = _bin_index(conf, edges)
-        conf = conf.to(f64)
+        ik = (k + torch.arange(n_img, device=dev)[:, None] * b).flatten()  # bin of each pixel within its image
 
         def add(index, weights, size):
             return torch.bincount(index, weights=weights, minlength=size).to(f64)
 
-        self.bin_count += add(k, None, b)
-        self.bin_conf += add(k, conf, b)
-        self.bin_hits += add(k, hit, b)
-        # Per image: bins indexed by image * B + bin, then each image's ECE.
-        ik = img * b + k
-        per_img = [add(ik, w, n_img * b).view(n_img, b) for w in (None, conf, hit)]
+        per_img = [add(ik, v.flatten(), n_img * b).view(n_img, b)
+                   for v in (w, conf.to(f64) * w, ((pred == y) & valid).to(f64))]
+        self.bin_count += per_img[0].sum(0)
+        self.bin_conf += per_img[1].sum(0)
+        self.bin_hits += per_img[2].sum(0)
         has_pixels = per_img[0].sum(1) > 0
         self.image_eces = torch.cat([self.image_eces, _ece_from_sums(*per_img)[has_pixels]])
-        self.nll_sum -= logp_y[valid].to(f64).sum()
-        self.brier_sum += brier[valid].to(f64).sum()
+        self.nll_sum -= (logp_y.to(f64) * w).sum()
+        self.brier_sum += (brier.to(f64) * w).sum()
         if self.classwise:
             # Every class's probability is binned at every valid pixel; hits only where the label is that class.
             kk = _bin_index(p, edges) + torch.arange(c, device=dev)[:, None] * b  # (N, C, P)
-            vv = valid[:, None].expand_as(p)
-            idx = kk[vv]
-            self.cw_count += add(idx, None, c * b).view(c, b)
-            self.cw_conf += add(idx, p[vv].to(f64), c * b).view(c, b)
-            self.cw_hits += add(kk.gather(1, y[:, None]).squeeze(1)[valid], None, c * b).view(c, b)
+            wc = w[:, None].expand_as(p).flatten()
+            self.cw_count += add(kk.flatten(), wc, c * b).view(c, b)
+            self.cw_conf += add(kk.flatten(), p.flatten().to(f64) * wc, c * b).view(c, b)
+            self.cw_hits += add(_take_class(kk, y).flatten(), w.flatten(), c * b).view(c, b)
 
     # --------------------------------------------------------------------------------------------------- combine
     def _settings(self) -> tuple:
