@@ -1,7 +1,8 @@
 """segcal_lib: the companion library of the book *Calibrating Semantic Segmentation Models*.
 
-The data flow is one-directional (see DESIGN.md): data -> models -> inference -> logit store -> calibrators -> metrics ->
-plots. The ground floor (``config``, ``data``, ``inference``, ``metrics``) imports nothing of the library above it.
+The data flow is one-directional (see DESIGN.md): data -> models -> inference -> logit store -> calibrators ->
+metrics -> plots. The ground floor (``config``, ``data``, ``inference``, ``metrics``) imports nothing of the library
+above it.
 """
 
 from segcal_lib.config import cache_dir, describe, get_device, get_profile, profile_name, seed_everything

