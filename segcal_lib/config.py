@@ -35,6 +35,13 @@ class Profile:
     train_iters : optimisation steps when training a segmentation model.
     batch_size : training batch size.
     model : default model name of the registry for a chapter's main model.
+    lr : peak AdamW learning rate of that model's training.
+    scale_range : (min, max) random rescaling of training images.
+    pretrained : start the backbone from ImageNet weights when they can be had (random otherwise, with a warning).
+    amp : mixed-precision training on CUDA (ignored on a CPU).
+
+    The fast sizes were measured on a busy 2-core CPU: ``resnet10t_fpn`` trains at 3.4-4.0 steps/s at crop 64, batch
+    16, so 250 steps take 60-75 s and reach about 0.90 pixel accuracy on synthetic val scenes.
     """
 
     name: str
@@ -46,13 +53,19 @@ class Profile:
     train_iters: int
     batch_size: int
     model: str
+    lr: float = 1e-3
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    pretrained: bool = False
+    amp: bool = False
 
 
 PROFILES: dict[str, Profile] = {
     "fast": Profile("fast", image_size=(96, 128), n_train=192, n_val=48, n_test=48, crop_size=64,
-                    train_iters=500, batch_size=16, model="resnet10t_fpn"),
-    "full": Profile("full", image_size=(360, 480), n_train=2000, n_val=300, n_test=300, crop_size=256,
-                    train_iters=8000, batch_size=16, model="resnet34_fpn"),
+                    train_iters=250, batch_size=16, model="resnet10t_fpn", lr=3e-3, scale_range=(0.75, 1.5)),
+    # Not measured here (no GPU): sized for a Colab T4 at roughly 10 steps/s with AMP, i.e. about 10 minutes.
+    "full": Profile("full", image_size=(360, 480), n_train=2000, n_val=300, n_test=300, crop_size=320,
+                    train_iters=6000, batch_size=8, model="resnet34_fpn", lr=5e-4, scale_range=(0.5, 2.0),
+                    pretrained=True, amp=True),
 }
 
 
@@ -111,7 +124,7 @@ def cache_dir(*parts: str) -> Path:
 def seed_everything(seed: int = DEFAULT_SEED) -> torch.Generator:
     """Seed Python, NumPy and torch (all devices); return a CPU ``torch.Generator`` seeded the same."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 -- seeds the legacy global RNG that user code may still call
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
