@@ -16,7 +16,6 @@ reader sees the rounded values, so fitting and evaluation agree.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -38,12 +37,8 @@ from torch.utils.data import Dataset
 import segcal_lib
 from segcal_lib.config import cache_dir
 from segcal_lib.data.base import IGNORE_INDEX
+from segcal_lib.fileio import file_lock
 from segcal_lib.inference import predict_dataset
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock; concurrent builders may both compute, the rename keeps the store whole
-    fcntl = None
 
 __all__ = ["INFERENCE_DEFAULTS", "LogitStore", "store_key"]
 
@@ -86,18 +81,6 @@ def store_key(model_key: str, data_spec: Any, split: str, inference_kwargs: Mapp
     except TypeError as exc:
         raise ValueError(f"data_spec must be JSON-serialisable, got {data_spec!r}") from exc
     return f"{_safe(model_key)}--{_safe(split)}--{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    with open(path, "a+") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class LogitStore:
@@ -362,7 +345,7 @@ class LogitStore:
 
         if path.exists() and not force:
             return opened()
-        with _lock(root / f"{key}.lock"):
+        with file_lock(root / f"{key}.lock"):
             if path.exists():
                 if not force:
                     return opened()

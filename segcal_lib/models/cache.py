@@ -13,11 +13,8 @@ same.)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +25,9 @@ from torch.utils.data import Dataset
 
 import segcal_lib
 from segcal_lib.config import cache_dir, get_device
+from segcal_lib.fileio import atomic_write, file_lock
 from segcal_lib.models.segnet import create_model
 from segcal_lib.models.train import TrainConfig, train
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 __all__ = ["CACHE_FORMAT", "atomic_write", "config_key", "file_lock", "load_metadata", "model_paths", "train_or_load"]
 
@@ -54,39 +47,6 @@ def model_paths(key: str, root: str | Path | None = None) -> dict[str, Path]:
     root = Path(root) if root is not None else cache_dir("models")
     root.mkdir(parents=True, exist_ok=True)
     return {"ckpt": root / f"{key}.pt", "meta": root / f"{key}.json", "lock": root / f"{key}.lock"}
-
-
-@contextlib.contextmanager
-def file_lock(path: str | Path):
-    """An exclusive inter-process lock held while the block runs (a no-op where ``fcntl`` is missing)."""
-    with open(path, "a+") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb"):
-    """Open a temporary file beside ``path``; on success rename it onto ``path``, on error delete it.
-
-    Readers therefore see either no file or a complete one, never a half-written file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_metadata(key: str, root: str | Path | None = None) -> dict | None:
