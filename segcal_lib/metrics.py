@@ -322,7 +322,8 @@ class CalibrationMeter:
         Returns
         -------
         dict with Python floats ``ece``, ``image_ece``, ``image_ece_std`` (population std over images), ``mce``,
-        ``classwise_ece``, ``nll``, ``brier``, ``accuracy``, ``n_pixels``, ``n_images``, and NumPy arrays
+        ``classwise_ece``, ``nll``, ``brier``, ``accuracy``, ``confidence`` (mean top-class probability: above
+        ``accuracy`` means over-confident on average), ``n_pixels``, ``n_images``, and NumPy arrays
         ``image_eces`` (one per image with valid pixels), ``classwise_ece_per_class`` (C,) and ``reliability``
         (a dict of ``bin_edges`` (B+1,), ``count`` (B,), ``confidence`` (B,) and ``accuracy`` (B,), NaN for empty
         bins). Every value is NaN when no pixel has been seen. ``n_bins`` is included so that printed numbers can
@@ -347,6 +348,7 @@ class CalibrationMeter:
             "nll": self.nll_sum / safe_n,
             "brier": self.brier_sum / safe_n,
             "accuracy": self.bin_hits.sum() / safe_n,
+            "confidence": self.bin_conf.sum() / safe_n,
         }
         res = {k: float(v) for k, v in out.items()}
         res.update(n_pixels=int(n.item()), n_images=int(ie.numel()), n_bins=self.n_bins,

@@ -320,3 +320,39 @@ def test_real_camvid_samples():
 @camvid
 def test_downloader_verifies_the_real_layout(dl):
     assert dl.verify_camvid(SHARED_CAMVID) == {"train": 367, "val": 101, "test": 233}
+
+
+# ------------------------------------------------------------------------------------- compact copy (for a GPU box)
+
+def _load_compactor():
+    spec = importlib.util.spec_from_file_location("compact_camvid", REPO / "data_scripts" / "compact_camvid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compact_copy_keeps_frames_labels_and_sequences(camvid_root, tmp_path):
+    compactor = _load_compactor()
+    dest = tmp_path / "compact"
+    result = compactor.compact_camvid(camvid_root, dest, quality=95)
+    assert result["frames"] == {split: len(stems) for split, stems in FIXTURE_FRAMES.items()}
+    assert sorted(p.suffix for p in (dest / "train").iterdir()) == [".jpg"] * len(FIXTURE_FRAMES["train"])
+    for split in ("train", "val", "test"):
+        a, b = CamVid(camvid_root, split), CamVid(dest, split)
+        assert a.names == b.names and a.available_sequences() == b.available_sequences()
+        for sa, sb in zip(a, b, strict=True):
+            assert torch.equal(sa.label, sb.label)
+            assert sa.image.shape == sb.image.shape
+    assert len(CamVid(dest, "test", domain="dusk")) == 1
+    assert compactor.check_copy(camvid_root, dest) < 0.2  # random-noise fixture images are JPEG's worst case
+
+
+def test_compact_copy_resizes_and_rejects_bad_arguments(camvid_root, tmp_path):
+    compactor = _load_compactor()
+    compactor.compact_camvid(camvid_root, tmp_path / "small", size=(9, 12))
+    sample = CamVid(tmp_path / "small", "val")[0]
+    assert sample.image.shape == (3, 9, 12) and sample.label.shape == (9, 12)
+    with pytest.raises(ValueError, match="quality"):
+        compactor.compact_camvid(camvid_root, tmp_path / "x", quality=0)
+    with pytest.raises(FileNotFoundError, match="missing CamVid folder"):
+        compactor.compact_camvid(tmp_path / "nowhere", tmp_path / "y")

@@ -65,13 +65,15 @@ def reference(scores, labels, n_bins=10, ignore=255, inputs="logits", mask=None)
     return {
         "ece": ece, "mce": mce, "image_ece": np.mean(image_eces), "image_ece_std": np.std(image_eces),
         "classwise_ece": np.mean(classwise), "nll": -pix_logp[np.arange(len(y)), y].mean(),
-        "brier": ((pix_p - onehot) ** 2).sum(1).mean(), "accuracy": hit.mean(), "n_pixels": len(y),
+        "brier": ((pix_p - onehot) ** 2).sum(1).mean(), "accuracy": hit.mean(), "confidence": conf.mean(),
+        "n_pixels": len(y),
         "n_images": len(image_eces), "image_eces": np.array(image_eces),
     }
 
 
 def assert_matches(res, ref, tol=TOL):
-    for key in ("ece", "mce", "image_ece", "image_ece_std", "classwise_ece", "nll", "brier", "accuracy"):
+    for key in ("ece", "mce", "image_ece", "image_ece_std", "classwise_ece", "nll", "brier", "accuracy",
+                "confidence"):
         assert res[key] == pytest.approx(ref[key], abs=tol, rel=0), key
     assert res["n_pixels"] == ref["n_pixels"] and res["n_images"] == ref["n_images"]
     np.testing.assert_allclose(res["image_eces"], ref["image_eces"], atol=tol, rtol=0)

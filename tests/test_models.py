@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import time
@@ -92,7 +93,17 @@ def test_unknown_model_and_bad_num_classes_raise():
         create_model(TINY, num_classes=0)
 
 
-@pytest.mark.parametrize("name", ["mobilenetv3_small_fpn", "convnext_atto_fpn", "resnet10t_fpn"])
+def test_half_width_resnet_has_half_the_channels_and_no_imagenet_weights():
+    full, half = create_model("resnet10t_fpn", 11), create_model("resnet10t_half_fpn", 11)
+    assert half.backbone.feature_info.channels() == [c // 2 for c in full.backbone.feature_info.channels()]
+    assert count_parameters(half) < 0.3 * count_parameters(full)
+    assert get_model_config("resnet10t_half_fpn").describe() == "resnet10t channels=32/64/128/256 stem_width=16"
+    assert get_model_config("resnet10t_fpn").describe() == "resnet10t"
+    with pytest.warns(RuntimeWarning, match="no ImageNet weights"):
+        assert create_model("resnet10t_half_fpn", 11, pretrained=True).pretrained_loaded is False
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_fpn", "convnext_atto_fpn", "resnet10t_fpn", "resnet10t_half_fpn"])
 def test_forward_shape_on_odd_sizes(name):
     model = create_model(name, num_classes=5).eval()
     with torch.no_grad():
@@ -248,6 +259,14 @@ def test_config_key_depends_on_every_field():
         keys.add(config_key(base.replace(**change)))
     assert len(keys) == 9
     assert config_key(base) == config_key(tiny_cfg())
+
+
+def test_config_key_depends_on_the_architecture(monkeypatch):
+    cfg = tiny_cfg()
+    before = config_key(cfg)
+    wider = dataclasses.replace(get_model_config(TINY), width=get_model_config(TINY).width * 2)
+    monkeypatch.setitem(segnet_mod._REGISTRY, TINY, wider)
+    assert config_key(cfg) != before
 
 
 def _concurrent_job(root, out_path, barrier):

@@ -321,7 +321,9 @@ class CamVid(ImageFolderSegmentation):
     def available_sequences(self) -> dict[str, int]:
         """Frames per sequence in this split's folder, before selection."""
         counts: dict[str, int] = {}
-        for p in sorted(self.image_dir.glob("*.png")):
+        for p in sorted(self.image_dir.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
             seq = camvid_sequence(p.stem)
             counts[seq] = counts.get(seq, 0) + 1
         return counts

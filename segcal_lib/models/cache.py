@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 import segcal_lib
 from segcal_lib.config import cache_dir, get_device
 from segcal_lib.fileio import atomic_write, file_lock
-from segcal_lib.models.segnet import create_model
+from segcal_lib.models.segnet import create_model, get_model_config
 from segcal_lib.models.train import TrainConfig, train
 
 __all__ = ["CACHE_FORMAT", "atomic_write", "config_key", "file_lock", "load_metadata", "model_paths", "train_or_load"]
@@ -36,8 +36,10 @@ CACHE_FORMAT = 1
 
 
 def config_key(cfg: TrainConfig) -> str:
-    """``<model>-<16 hex digits>``: a hash of every field of ``cfg``, the library version and the cache format."""
-    payload = {"config": cfg.to_dict(), "version": segcal_lib.__version__, "format": CACHE_FORMAT}
+    """``<model>-<16 hex digits>``: a hash of every field of ``cfg``, the model's registry entry (so an edited
+    architecture never loads an old checkpoint), the library version and the cache format."""
+    payload = {"config": cfg.to_dict(), "architecture": get_model_config(cfg.model).to_dict(),
+               "version": segcal_lib.__version__, "format": CACHE_FORMAT}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     return f"{cfg.model}-{digest}"
 
