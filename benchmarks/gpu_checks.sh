@@ -3,9 +3,8 @@
 # profile's model trained and measured on the synthetic scenes and on CamVid (AMP on; ImageNet weights only if the
 # machine can reach them or has them cached, otherwise random initialisation, which the report says).
 #
-# Prepare on the CPU machine (CamVid's 180 MB of PNGs become about 30 MB, under the 64 MiB a GPU run may carry):
+# Prepare on the CPU machine (CamVid's 180 MB of PNGs shrink to fit the 64 MiB a GPU run may carry; .gitignore has it):
 #     python data_scripts/compact_camvid.py --src ../shared/data/camvid --dest .camvid_compact
-#     echo /.camvid_compact/ >> .git/info/exclude
 # Then run this script there with `.camvid_compact` carried. ITERS (default: the profile's) shortens training to fit a
 # short lease; the report prints the steps actually used.
 set -uo pipefail
@@ -21,7 +20,8 @@ datasets=(synthetic)
 [ -n "${SEGCAL_CAMVID:-}" ] && datasets+=(camvid)
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-  "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+  "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__,
+             torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
 } 2>&1 | tee "$OUT/machine.txt"
 "$PY" benchmarks/bench_metrics.py 2>&1 | tee "$OUT/bench_metrics.txt"
 "$PY" benchmarks/model_report.py --datasets "${datasets[@]}" "${iters[@]}" --json "$OUT/model_report.json" 2>&1 \

