@@ -41,8 +41,8 @@ class Profile:
     amp : mixed-precision training on CUDA (ignored on a CPU).
 
     The fast sizes were measured on a 2-core CPU: ``resnet10t_half_fpn`` (1.3 M parameters) trains at about 9 steps/s
-    at crop 64, batch 16, so 1000 steps take about 2 minutes and reach mIoU 0.56 on the synthetic train scenes and
-    0.53 on val. The full-width ``resnet10t_fpn`` in the same time (400 steps) reached 0.50 / 0.48: at this budget
+    at crop 64, batch 16, so 1000 steps take about 2 minutes and reach mIoU 0.55 on the synthetic train scenes and
+    0.53 on val. The full-width ``resnet10t_fpn`` in about the same time (400 steps) reached 0.50 / 0.48: at this budget
     a smaller model trained longer fits its data better.
     """
 

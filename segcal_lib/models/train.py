@@ -311,7 +311,7 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
     progress : show a tqdm bar with the running loss.
     num_workers : DataLoader workers (reading the data and augmenting); the result does not depend on it. Default: 0
         on a CPU (the training step needs the cores), up to 8 on a GPU.
-    cache_in_memory : read the data set once into memory (default: when it takes under 1 GiB).
+    cache_in_memory : read the data set once into memory (default: when its 8-bit images take under 4 GiB).
 
     Returns
     -------
