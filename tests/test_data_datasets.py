@@ -209,8 +209,9 @@ def test_registry(camvid_root, tmp_path):
 
 # ---------------------------------------------------------------------------------------- downloader (no network)
 
-def _load_downloader():
-    spec = importlib.util.spec_from_file_location("download_camvid", REPO / "data_scripts" / "download_camvid.py")
+def _load_script(name: str):
+    """A script of ``data_scripts/`` as a module (they are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "data_scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -218,7 +219,7 @@ def _load_downloader():
 
 @pytest.fixture(scope="module")
 def dl():
-    return _load_downloader()
+    return _load_script("download_camvid")
 
 
 def _archive_members(root: Path, prefix: str) -> list[tuple[Path, str]]:
@@ -324,15 +325,8 @@ def test_downloader_verifies_the_real_layout(dl):
 
 # ------------------------------------------------------------------------------------- compact copy (for a GPU box)
 
-def _load_compactor():
-    spec = importlib.util.spec_from_file_location("compact_camvid", REPO / "data_scripts" / "compact_camvid.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compact_copy_keeps_frames_labels_and_sequences(camvid_root, tmp_path):
-    compactor = _load_compactor()
+    compactor = _load_script("compact_camvid")
     dest = tmp_path / "compact"
     result = compactor.compact_camvid(camvid_root, dest, quality=95)
     assert result["frames"] == {split: len(stems) for split, stems in FIXTURE_FRAMES.items()}
@@ -348,7 +342,7 @@ def test_compact_copy_keeps_frames_labels_and_sequences(camvid_root, tmp_path):
 
 
 def test_compact_copy_resizes_and_rejects_bad_arguments(camvid_root, tmp_path):
-    compactor = _load_compactor()
+    compactor = _load_script("compact_camvid")
     compactor.compact_camvid(camvid_root, tmp_path / "small", size=(9, 12))
     sample = CamVid(tmp_path / "small", "val")[0]
     assert sample.image.shape == (3, 9, 12) and sample.label.shape == (9, 12)

@@ -195,33 +195,12 @@ def augment(image: torch.Tensor, label: torch.Tensor, crop_size: int, scale_rang
     return image.contiguous(), label.contiguous()
 
 
-class _InMemory(Dataset):
-    """Reads every (image, label) of a data set once, in ``num_workers`` processes when > 0.
+class _EightBit(Dataset):
+    """A data set's (image, label) as uint8: images as a camera writes them, labels as ids (255 = ignore).
 
-    Images are kept as 8-bit, as a camera writes them (a quarter of the float32 memory; exact for images decoded from
-    8-bit files, within 1/510 otherwise), labels as uint8.
+    Training always sees these 8-bit images, whether they are read on the fly or kept in memory (exact for images
+    decoded from 8-bit files, within 1/510 otherwise); other items of a sample (names) are dropped.
     """
-
-    def __init__(self, dataset: Dataset, progress: bool, num_workers: int = 0):
-        self.images, self.labels = [], []
-        loader = DataLoader(_FirstTwo(dataset), batch_size=None, num_workers=num_workers)
-        for image, label in tqdm(loader, desc="reading training data", disable=not progress, leave=False):
-            self.images.append(_to_uint8(image))
-            self.labels.append(label.to(torch.uint8))
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i].float().div_(255), self.labels[i]
-
-
-def _to_uint8(image: torch.Tensor) -> torch.Tensor:
-    return (image.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
-
-
-class _FirstTwo(Dataset):
-    """(image, label) of a data set's items, whatever else they carry (names need no collating)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -230,7 +209,23 @@ class _FirstTwo(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        return tuple(self.dataset[i][:2])
+        image, label = self.dataset[i][:2]
+        return (image.float() * 255).round_().clamp_(0, 255).to(torch.uint8), label.to(torch.uint8)
+
+
+class _InMemory(Dataset):
+    """Reads every item of an :class:`_EightBit` data set once (a quarter of float32's memory), in ``num_workers``
+    processes when > 0."""
+
+    def __init__(self, dataset: _EightBit, progress: bool, num_workers: int = 0):
+        loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
+        self.items = list(tqdm(loader, desc="reading training data", disable=not progress, leave=False))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
 
 
 class _Augmented(Dataset):
@@ -244,12 +239,11 @@ class _Augmented(Dataset):
 
     def __getitem__(self, key):
         index, seed = key
-        image, label = self.dataset[index][:2]
-        if not isinstance(self.dataset, _InMemory):  # the same 8-bit images whether or not they were kept in memory
-            image = _to_uint8(image).float().div_(255)
+        image, label = self.dataset[index]  # uint8, from _EightBit or _InMemory
         gen = torch.Generator().manual_seed(int(seed))
         with _single_thread():
-            return augment(image, label.long(), self.cfg.crop_size, self.cfg.scale_range, self.cfg.hflip, gen)
+            return augment(image.float().div_(255), label.long(), self.cfg.crop_size, self.cfg.scale_range,
+                           self.cfg.hflip, gen)
 
 
 @contextlib.contextmanager
@@ -324,7 +318,9 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
         num_workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     if cache_in_memory is None:
         cache_in_memory = _estimated_bytes(dataset) < MEMORY_CACHE_BYTES
-    source = _InMemory(dataset, progress, num_workers) if cache_in_memory else dataset
+    source = _EightBit(dataset)
+    if cache_in_memory:
+        source = _InMemory(source, progress, num_workers)
     keys = _sample_keys(len(source), cfg.iters * cfg.batch_size, cfg.seed)
     loader = DataLoader(_Augmented(source, cfg), batch_size=cfg.batch_size, sampler=keys, num_workers=num_workers,
                         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=False)
