@@ -1,22 +1,55 @@
-"""Safe writes to the shared cache: an inter-process lock and atomic file replacement.
+"""Safe writes to the shared cache and the one validated cache mechanism every cache uses.
 
 Two notebooks may build the same model or logits at once; the lock makes the second wait and then load, and atomic
 writes mean a reader sees either no file or a complete one.
+
+Validated entries
+-----------------
+A cache entry is a set of data files plus one JSON metadata file beside them that records each file's size and
+SHA-256 (:func:`write_entry`, written last: its presence marks the entry complete). :func:`read_entry` checks them on
+load, so a truncated, emptied, replaced or bit-flipped file is caught before it is parsed. :func:`load_or_build` is
+the train-or-load protocol: a damaged entry is reported (a :class:`CacheCorruptionWarning` naming the file and what
+was wrong), deleted and rebuilt under the lock, never used. A new cache needs one call::
+
+    def load():
+        meta = read_entry(folder / "meta.json", required=["fitted"])
+        return torch.load(folder / "state.pt", weights_only=True), meta
+
+    def build():
+        state = fit(...)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_write(folder / "state.pt") as fh:
+            torch.save(state, fh)
+        write_entry(folder / "meta.json", [folder / "state.pt"], {"fitted": True})
+        return state, ...
+
+    state, meta = load_or_build(folder.with_suffix(".lock"), load, build, lambda: shutil.rmtree(folder, True))
+
+Hashing runs at about 1-2 GB/s (``benchmarks/cache_corruption.py`` prints it), so checking a full-profile logit
+store of 1 GB costs about a second at open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 try:
     import fcntl
 except ImportError:  # Windows: no lock; two builders may both build, with the same result
     fcntl = None
 
-__all__ = ["atomic_write", "file_lock"]
+__all__ = ["CacheCorruptionWarning", "CacheMiss", "CorruptCacheError", "atomic_write", "file_lock", "file_record",
+           "load_or_build", "read_entry", "read_json", "verify_files", "write_entry"]
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -50,3 +83,119 @@ def atomic_write(path: str | Path, mode: str = "wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# --------------------------------------------------------------------------------------------- validated cache entries
+class CorruptCacheError(ValueError):
+    """A cache entry failed validation: ``path`` is the damaged file, ``problem`` says what was wrong."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+class CacheCorruptionWarning(UserWarning):
+    """Issued when a damaged cache entry is found; it is then rebuilt, never used."""
+
+
+class CacheMiss(LookupError):
+    """The entry does not exist (or was never completed): build it."""
+
+
+def file_record(path: str | Path, chunk: int = 1 << 22) -> dict:
+    """``{"size": bytes, "sha256": hex digest}`` of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def verify_files(root: str | Path, records: Mapping[str, Mapping]) -> None:
+    """Check that every file ``root / name`` exists with the recorded size and SHA-256; else :class:`CorruptCacheError`.
+
+    The size is compared first (a truncated file fails without being read), then the digest (a flipped bit).
+    """
+    if not isinstance(records, Mapping) or not records:
+        raise CorruptCacheError(root, "no file checksums recorded (written by an older version?)")
+    for name, rec in records.items():
+        path = Path(root) / name
+        if not path.is_file():
+            raise CorruptCacheError(path, "file is missing")
+        size = path.stat().st_size
+        if size != rec.get("size"):
+            raise CorruptCacheError(path, f"size is {size} bytes, expected {rec.get('size')} (truncated or replaced)")
+        if file_record(path)["sha256"] != rec.get("sha256"):
+            raise CorruptCacheError(path, "SHA-256 differs from the one recorded (the content changed)")
+
+
+def read_json(path: str | Path, required: Sequence[str] = ()) -> dict:
+    """A JSON object from ``path`` holding the ``required`` keys, or :class:`CorruptCacheError` saying what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptCacheError(path, "file is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCacheError(path, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptCacheError(path, f"expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise CorruptCacheError(path, f"missing keys {missing}")
+    return data
+
+
+def write_entry(meta_path: str | Path, files: Sequence[str | Path], meta: Mapping) -> dict:
+    """Record the size and SHA-256 of ``files`` (already written, beside ``meta_path``) in ``meta``, and write it.
+
+    The metadata file is written last and atomically: its presence marks the entry complete. Returns the metadata.
+    """
+    meta_path = Path(meta_path)
+    info = dict(meta)
+    info["files"] = {Path(f).name: file_record(f) for f in files}
+    with atomic_write(meta_path, "w") as fh:
+        json.dump(info, fh, indent=1)
+    return info
+
+
+def read_entry(meta_path: str | Path, required: Sequence[str] = ()) -> dict:
+    """The metadata of a complete, undamaged entry (see :func:`write_entry`).
+
+    Raises :class:`CacheMiss` when ``meta_path`` does not exist and :class:`CorruptCacheError` when it is unreadable,
+    lacks a ``required`` key, or a file it records is missing, truncated or changed.
+    """
+    meta_path = Path(meta_path)
+    if not meta_path.exists():
+        raise CacheMiss(str(meta_path))
+    meta = read_json(meta_path, (*required, "files"))
+    verify_files(meta_path.parent, meta["files"])
+    return meta
+
+
+def load_or_build(lock_path: str | Path, load: Callable[[], T], build: Callable[[], T], discard: Callable[[], None],
+                  *, force: bool = False) -> T:
+    """The one train-or-load protocol of every cache.
+
+    ``load()`` returns the cached object or raises :class:`CacheMiss` (absent) or :class:`CorruptCacheError`
+    (damaged); ``build()`` creates, writes and returns it; ``discard()`` deletes a damaged entry. Without ``force``,
+    a valid entry is loaded without the lock. Otherwise the lock is taken and the entry checked again (another
+    process may have built it meanwhile); a damaged one is reported with a :class:`CacheCorruptionWarning` naming the
+    file and the problem, discarded and rebuilt, never used.
+    """
+    if not force:
+        with contextlib.suppress(CacheMiss, CorruptCacheError):
+            return load()
+    with file_lock(lock_path):
+        if not force:
+            try:
+                return load()
+            except CacheMiss:
+                pass
+            except CorruptCacheError as exc:
+                warnings.warn(f"damaged cache entry {exc.path}: {exc.problem}; rebuilding it", CacheCorruptionWarning,
+                              stacklevel=3)
+                discard()
+        return build()
