@@ -369,11 +369,12 @@ class SegmentationMeter(Meter):
         iou = (tp / union).where(union > 0, torch.tensor(math.nan, dtype=torch.float64))
         cls_acc = (tp / label_n).where(label_n > 0, torch.tensor(math.nan, dtype=torch.float64))
         total = cm.sum()
-        return {"miou": float(np.nanmean(iou.numpy())) if (union > 0).any() else math.nan,
-                "iou": iou.numpy(),
+        iou, cls_acc = iou.cpu().numpy(), cls_acc.cpu().numpy()
+        return {"miou": float(np.nanmean(iou)) if (union > 0).any() else math.nan,
+                "iou": iou,
                 "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-                "mean_class_accuracy": float(np.nanmean(cls_acc.numpy())) if (label_n > 0).any() else math.nan,
-                "confusion": confusion.numpy().copy()}
+                "mean_class_accuracy": float(np.nanmean(cls_acc)) if (label_n > 0).any() else math.nan,
+                "confusion": confusion.cpu().numpy().copy()}
 
     def __repr__(self) -> str:
         return (f"SegmentationMeter(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
