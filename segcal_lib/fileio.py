@@ -148,30 +148,49 @@ def read_json(path: str | Path, required: Sequence[str] = ()) -> dict:
     return data
 
 
+def _dump(obj: Mapping) -> str:
+    return json.dumps(obj, indent=1)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_entry(meta_path: str | Path, files: Sequence[str | Path], meta: Mapping) -> dict:
     """Record the size and SHA-256 of ``files`` (already written, beside ``meta_path``) in ``meta``, and write it.
 
-    The metadata file is written last and atomically: its presence marks the entry complete. Returns the metadata.
+    The metadata carries the SHA-256 of its own text too (``meta_sha256``), so a changed byte in it is caught as well.
+    It is written last and atomically: its presence marks the entry complete. Returns the metadata as written.
     """
     meta_path = Path(meta_path)
-    info = dict(meta)
+    info = {k: v for k, v in meta.items() if k != "meta_sha256"}
     info["files"] = {Path(f).name: file_record(f) for f in files}
+    info = json.loads(_dump(info))  # as it will read back (tuples become lists)
+    info["meta_sha256"] = _digest(_dump(info))
     with atomic_write(meta_path, "w") as fh:
-        json.dump(info, fh, indent=1)
+        fh.write(_dump(info))
     return info
 
 
-def read_entry(meta_path: str | Path, required: Sequence[str] = ()) -> dict:
+def read_entry(meta_path: str | Path, required: Sequence[str] = (), strict: bool = True) -> dict:
     """The metadata of a complete, undamaged entry (see :func:`write_entry`).
 
     Raises :class:`CacheMiss` when ``meta_path`` does not exist and :class:`CorruptCacheError` when it is unreadable,
-    lacks a ``required`` key, or a file it records is missing, truncated or changed.
+    changed, lacks a ``required`` key, or a file it records is missing, truncated or changed. With ``strict=False`` a
+    metadata file without checksums (written by hand, in a documented format) passes with the JSON checks only.
     """
     meta_path = Path(meta_path)
     if not meta_path.exists():
         raise CacheMiss(str(meta_path))
-    meta = read_json(meta_path, (*required, "files"))
-    verify_files(meta_path.parent, meta["files"])
+    meta = read_json(meta_path, required)
+    if not strict and "files" not in meta and "meta_sha256" not in meta:
+        return meta
+    recorded = meta.get("meta_sha256")
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    if recorded is None or _digest(_dump(body)) != recorded or _dump(meta) != meta_path.read_text():
+        raise CorruptCacheError(meta_path, "its content differs from the checksum it records (edited or damaged)"
+                                if recorded is not None else "no checksum recorded (written by an older version?)")
+    verify_files(meta_path.parent, meta.get("files"))
     return meta
 
 

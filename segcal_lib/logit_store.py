@@ -47,7 +47,7 @@ from segcal_lib.checks import check_logits_labels, check_scales
 from segcal_lib.config import cache_dir
 from segcal_lib.data.base import IGNORE_INDEX
 from segcal_lib.data.synthetic import SPLIT_ALIASES
-from segcal_lib.fileio import CacheMiss, CorruptCacheError, load_or_build, read_json, verify_files, write_entry
+from segcal_lib.fileio import CacheMiss, CorruptCacheError, load_or_build, read_entry, write_entry
 from segcal_lib.inference import predict_dataset, window_settings
 
 __all__ = ["INFERENCE_DEFAULTS", "LogitStore", "store_key"]
@@ -119,9 +119,7 @@ class LogitStore:
             if self.path.is_dir():  # stores are renamed into place whole, so a store folder without it is damaged
                 raise CorruptCacheError(self.path / "meta.json", "file is missing")
             raise ValueError(f"path must be a LogitStore folder with meta.json, got {str(self.path)!r}")
-        self.meta = read_json(self.path / "meta.json", _REQUIRED_META)
-        if "files" in self.meta:
-            verify_files(self.path, self.meta["files"])
+        self.meta = read_entry(self.path / "meta.json", _REQUIRED_META, strict=False)
         self.logits = self._map("logits.npy", np.float16, 4)
         self.labels = self._map("labels.npy", np.uint8, 3)
         n, _, h, w = self.logits.shape
