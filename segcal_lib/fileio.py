@@ -25,8 +25,9 @@ was wrong), deleted and rebuilt under the lock, never used. A new cache needs on
 
     state, meta = load_or_build(folder.with_suffix(".lock"), load, build, lambda: shutil.rmtree(folder, True))
 
-Hashing runs at about 1-2 GB/s (``benchmarks/cache_corruption.py`` prints it), so checking a full-profile logit
-store of 1 GB costs about a second at open.
+Hashing runs at 0.5-2 GB/s depending on the CPU (``benchmarks/cache_corruption.py`` prints it against a plain
+read), so a full-profile logit store of about 1 GB costs 0.5-2 s the first time a process opens it; later opens of an
+unmodified file in the same process only compare its size, modification time and inode.
 """
 
 from __future__ import annotations
@@ -113,10 +114,16 @@ def file_record(path: str | Path, chunk: int = 1 << 22) -> dict:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
+# Files this process has hashed and found as recorded, by (path, size, mtime, inode, digest): opening the same entry
+# again (a chapter reading one store several times) costs a stat, not a second pass over the file.
+_VERIFIED: set[tuple] = set()
+
+
 def verify_files(root: str | Path, records: Mapping[str, Mapping]) -> None:
     """Check that every file ``root / name`` exists with the recorded size and SHA-256; else :class:`CorruptCacheError`.
 
-    The size is compared first (a truncated file fails without being read), then the digest (a flipped bit).
+    The size is compared first (a truncated file fails without being read), then the digest (a flipped bit). A file
+    already verified by this process and not modified since (same size, modification time and inode) is not re-read.
     """
     if not isinstance(records, Mapping) or not records:
         raise CorruptCacheError(root, "no file checksums recorded (written by an older version?)")
@@ -124,11 +131,16 @@ def verify_files(root: str | Path, records: Mapping[str, Mapping]) -> None:
         path = Path(root) / name
         if not path.is_file():
             raise CorruptCacheError(path, "file is missing")
-        size = path.stat().st_size
-        if size != rec.get("size"):
-            raise CorruptCacheError(path, f"size is {size} bytes, expected {rec.get('size')} (truncated or replaced)")
+        st = path.stat()
+        if st.st_size != rec.get("size"):
+            raise CorruptCacheError(path, f"size is {st.st_size} bytes, expected {rec.get('size')} "
+                                          f"(truncated or replaced)")
+        seen = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, rec.get("sha256"))
+        if seen in _VERIFIED:
+            continue
         if file_record(path)["sha256"] != rec.get("sha256"):
             raise CorruptCacheError(path, "SHA-256 differs from the one recorded (the content changed)")
+        _VERIFIED.add(seen)
 
 
 def read_json(path: str | Path, required: Sequence[str] = ()) -> dict:
