@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 import segcal_lib
 from segcal_lib.checks import check_logits_labels, check_scales
 from segcal_lib.config import cache_dir
-from segcal_lib.data.base import IGNORE_INDEX
+from segcal_lib.data.base import IGNORE_INDEX, data_identity
 from segcal_lib.data.synthetic import SPLIT_ALIASES
 from segcal_lib.fileio import CacheMiss, CorruptCacheError, load_or_build, read_entry, write_entry
 from segcal_lib.inference import predict_dataset, window_settings
@@ -86,12 +86,18 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:80]
 
 
-def store_key(model_key: str, data_spec: Any, split: str, inference_kwargs: Mapping | None = None) -> str:
-    """Folder name of a store: ``<model_key>--<split>--<hash of all four and the library version>``."""
+def store_key(model_key: str, data_spec: Any, split: str, inference_kwargs: Mapping | None = None,
+              data_identity: Mapping | None = None) -> str:
+    """Folder name of a store: ``<model_key>--<split>--<hash of all of these and the library version>``.
+
+    ``data_identity`` (a data set's ``fingerprint()``: folders, file names and sizes) is hashed too when given.
+    """
     split = SPLIT_ALIASES.get(split, split)
     payload = {"model": model_key, "data": data_spec, "split": split,
                "inference": _normalise_settings(inference_kwargs), "version": segcal_lib.__version__,
                "format": STORE_FORMAT}
+    if data_identity is not None:
+        payload["data_identity"] = data_identity
     try:
         blob = json.dumps(payload, sort_keys=True)
     except TypeError as exc:
@@ -347,7 +353,8 @@ class LogitStore:
         ----------
         model_key : identifies the model's weights (e.g. ``model.cache_key`` from ``train_or_load``, or a hub name);
             ``None`` takes ``model.cache_key``.
-        data_spec : JSON-serialisable description of the data (as in :class:`~segcal_lib.models.TrainConfig`).
+        data_spec : JSON-serialisable description of the data (as in :class:`~segcal_lib.models.TrainConfig`). A
+            ``Dataset`` given with a ``fingerprint()`` (the folder readers) adds its files' identity to the key.
         split : split name, e.g. ``"val"``.
         model, dataset : a model and a data set, or zero-argument callables returning them (called only when the
             store must be built).
@@ -367,7 +374,8 @@ class LogitStore:
             if model_key is None:
                 raise ValueError("model_key is required unless model has a cache_key attribute (from train_or_load)")
         settings = _normalise_settings(inference_kwargs)
-        key = store_key(model_key, data_spec, split, inference_kwargs)
+        identity = data_identity(dataset) if isinstance(dataset, Dataset) else None
+        key = store_key(model_key, data_spec, split, inference_kwargs, identity)
         root = Path(root) if root is not None else cache_dir("logits")
         root.mkdir(parents=True, exist_ok=True)
         path = root / key

@@ -303,6 +303,14 @@ def test_resplit_folder_with_the_same_description_is_retrained(tmp_path, capsys)
     assert "loaded cached model" in capsys.readouterr().out and third.cache_key == first.cache_key
 
 
+def test_store_of_a_resplit_folder_is_recomputed(tmp_path):
+    kw = dict(model_key="toy", data_spec={"name": "my folder"}, split="val", model=ToyModel(), root=tmp_path / "c",
+              progress=False, verbose=False)
+    first = LogitStore.build_or_load(dataset=_folder(tmp_path / "d", ["a", "b"]), **kw)
+    second = LogitStore.build_or_load(dataset=_folder(tmp_path / "d", ["a", "b", "c"]), **kw)
+    assert first.path != second.path and (len(first), len(second)) == (2, 3)
+
+
 def test_camvid_spec_names_the_data_root_and_files(tmp_path, monkeypatch):
     from test_data_datasets import make_camvid  # the fixture CamVid writer
 
@@ -358,6 +366,13 @@ def test_segmentation_meter_has_the_calibration_meters_device_api():
     b.update(y, (y + 1) % 3)
     merged = SegmentationMeter(3).merge(a).merge(b)
     assert torch.equal(merged.confusion, a.confusion + b.confusion)
+
+
+def test_meter_states_for_mps_inputs_stay_on_the_cpu():
+    # MPS has no float64: states requested there are kept on the CPU (inputs are copied per update).
+    for meter in (CalibrationMeter(3), SegmentationMeter(3)):
+        assert meter.reset("mps").device == torch.device("cpu")
+        assert meter.to("mps").device == torch.device("cpu")
 
 
 def test_mps_does_not_choose_the_full_profile(monkeypatch):

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 import segcal_lib
 from segcal_lib.config import cache_dir, get_device
+from segcal_lib.data.base import data_identity
 from segcal_lib.fileio import (
     CacheMiss,
     CorruptCacheError,
@@ -48,12 +49,6 @@ __all__ = ["CACHE_FORMAT", "atomic_write", "config_key", "file_lock", "load_meta
 CACHE_FORMAT = 2
 # Keys the metadata must hold for a cached model to be loaded (and reported).
 REQUIRED_META = ("config", "train_time_s", "iters", "final_loss", "pretrained_loaded")
-
-
-def data_identity(dataset) -> dict | None:
-    """``dataset.fingerprint()`` when the data set has one (what identifies its files), else None."""
-    fingerprint = getattr(dataset, "fingerprint", None)
-    return fingerprint() if callable(fingerprint) else None
 
 
 def config_key(cfg: TrainConfig, data: dict | None = None) -> str:
@@ -111,7 +106,7 @@ def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
     cfg : the full training configuration; its hash (with the library version) is the cache key.
     dataset : the training ``Dataset``, or a zero-argument callable returning it (called only when training is
         needed, so a cached model costs no data loading). A ``Dataset`` with a ``fingerprint()`` method (the folder
-        readers, the synthetic scenes) adds what identifies its data (root, file names and sizes) to the key, so a
+        readers) adds what identifies its data (root, file names and sizes) to the key, so a
         re-split folder under the same ``cfg.data`` is retrained; with a callable, ``cfg.data`` must identify the
         data (as :func:`segcal_lib.pipeline.data_spec` does).
     device : where the returned model lives (and trains); default :func:`~segcal_lib.config.get_device`.
