@@ -234,15 +234,15 @@ def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
 
     profile = get_profile("fast", n_train=4, n_test=3)
     settings = analysis.factor_settings(
-        "fast", image_size=(24, 32), batch_size=2, seeds=(0, 1), capacity_crop=16, crop_sizes=(16,),
-        capacity_models=("resnet10t_eighth_fpn", "convnext_d16_fpn"), base_model="resnet10t_eighth_fpn",
-        steps=((("resnet10t_eighth_fpn", 16), 3), (("convnext_d16_fpn", 16), 3)))
+        "fast", image_size=(32, 40), batch_size=2, seeds=(0, 1), capacity_crop=32, crop_sizes=(32,),
+        capacity_models=("resnet10t_eighth_fpn", "convnext_d8_fpn"), base_model="resnet10t_eighth_fpn",
+        steps=((("resnet10t_eighth_fpn", 32), 3), (("convnext_d8_fpn", 32), 3)))
     sweep = analysis.capacity_sweep("synthetic", profile, settings=settings)
     assert len(sweep.metrics) == 2 * 2 * len(analysis.METRICS)
     assert sweep.metrics.groupby(["model", "seed", "split", "metric"]).size().eq(1).all()
     assert {"ci_low", "ci_high", "params", "family"} <= set(sweep.metrics.columns)
     assert sweep.models["trained_now"].all() and len(sweep.models) == 4
-    assert set(sweep.curves["model"]) == {"resnet10t_eighth_fpn", "convnext_d16_fpn"}
+    assert set(sweep.curves["model"]) == {"resnet10t_eighth_fpn", "convnext_d8_fpn"}
     again = analysis.capacity_sweep("synthetic", profile, settings=settings)
     assert not again.models["trained_now"].any()  # the second call loads every model from the cache
     pd.testing.assert_frame_equal(again.metrics, sweep.metrics)

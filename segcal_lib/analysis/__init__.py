@@ -24,6 +24,7 @@ from segcal_lib.analysis.factors import (
     get_factor_model,
     multiscale_settings,
     multiscale_sweep,
+    training_sentence,
 )
 from segcal_lib.analysis.image_sums import (
     METRICS,
@@ -67,5 +68,6 @@ __all__ = [
     "plateau_step",
     "plateaued",
     "smooth",
+    "training_sentence",
     "trend",
 ]

@@ -33,7 +33,8 @@ from segcal_lib.config import Profile, get_profile
 from segcal_lib.models import config_key, get_model_config, load_metadata
 
 __all__ = ["FACTOR_SETTINGS", "FactorSettings", "Sweep", "capacity_sweep", "correctness_analysis", "crop_sweep",
-           "factor_profile", "factor_settings", "get_factor_model", "multiscale_settings", "multiscale_sweep"]
+           "factor_profile", "factor_settings", "get_factor_model", "multiscale_settings", "multiscale_sweep",
+           "training_sentence"]
 
 
 @dataclass(frozen=True)
@@ -348,3 +349,18 @@ def correctness_analysis(dataset: str = "synthetic", profile: Profile | str | No
                                                               fn=lambda a, b: 1 - b / a, seed=seed)
     return Sweep(pd.DataFrame(rows), table, curves,
                  {"reliability": reliability, "removed": removed, "sums": all_sums})
+
+
+def training_sentence(models: pd.DataFrame) -> str:
+    """One sentence about a sweep's ``models`` frame: how many runs plateaued, which did not, what this run trained."""
+    n_ok, n = int(models["plateaued"].sum()), len(models)
+    text = f"{n_ok} of {n} training runs plateaued (`analysis.plateaued`)."
+    late = models[~models["plateaued"]]
+    if len(late):
+        text += " Still falling at 80% of the run, so under-trained: " + ", ".join(
+            f"{r.model} at crop {r.crop_size} (seed {r.seed})" for r in late.itertuples()) + "."
+    trained = models[models["trained_now"]]
+    if len(trained) == 0:
+        return text + f" All {n} came from the cache."
+    return (text + f" This run trained {len(trained)} of them in {trained['train_time_s'].sum():.0f} s and loaded "
+            f"{n - len(trained)} from the cache.")

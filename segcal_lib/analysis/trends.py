@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from segcal_lib.analysis.tables import LABELS
+
 __all__ = ["Difference", "Trend", "difference", "trend"]
 
 
@@ -61,7 +63,8 @@ class Trend:
         signs = "all seeds agree on the sign" if len({np.sign(s) for s in self.slopes}) == 1 else \
             "the seeds disagree on the sign"
         if self.claimed:
-            return f"{self.metric} {self.direction} with {self.x}: {what}; {signs}."
+            head = f"{self.metric} {self.direction} with {self.x}"
+            return f"{head[0].upper()}{head[1:]}: {what}; {signs}."
         return f"The change of {self.metric} with {self.x} is within noise: {what}; {signs}."
 
 
@@ -76,7 +79,7 @@ def _metric_frame(df: pd.DataFrame, metric: str | None) -> pd.DataFrame:
 
 
 def trend(df: pd.DataFrame, x: str, metric: str | None = None, seed: str = "seed", value: str = "value",
-          low: str = "ci_low", high: str = "ci_high") -> Trend:
+          low: str = "ci_low", high: str = "ci_high", x_label: str | None = None) -> Trend:
     """Whether ``value`` rises or falls with ``x`` by more than the noise (see the module docstring).
 
     Parameters
@@ -84,6 +87,8 @@ def trend(df: pd.DataFrame, x: str, metric: str | None = None, seed: str = "seed
     df : tidy rows with columns ``x``, ``seed``, ``value`` and the interval ``low``/``high`` (e.g. a sweep's
         ``metrics`` frame); ``metric`` selects the rows of one metric.
     x : column of the positive setting (parameters, crop size); it is taken in log10.
+    x_label : how the sentence names ``x`` (default: the column name). The metric is named by its table title
+        (:data:`segcal_lib.analysis.tables.LABELS`).
 
     Returns
     -------
@@ -108,8 +113,8 @@ def trend(df: pd.DataFrame, x: str, metric: str | None = None, seed: str = "seed
     noise = max(spread, half)
     same_sign = len({np.sign(s) for s in slopes}) == 1 and slopes[0] != 0
     direction = ("increases" if effect > 0 else "decreases") if same_sign and abs(effect) > noise else "within noise"
-    name = metric or value
-    return Trend(direction, effect, noise, spread, half, tuple(slopes), name, x)
+    name = LABELS.get(metric, metric) if metric else value
+    return Trend(direction, effect, noise, spread, half, tuple(slopes), name, x_label or x)
 
 
 @dataclass(frozen=True)
