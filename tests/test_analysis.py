@@ -246,3 +246,18 @@ def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
     again = analysis.capacity_sweep("synthetic", profile, settings=settings)
     assert not again.models["trained_now"].any()  # the second call loads every model from the cache
     pd.testing.assert_frame_equal(again.metrics, sweep.metrics)
+
+
+def test_capacity_ladder_models_grow_and_run_at_their_crops():
+    from segcal_lib.models import count_parameters, create_model, get_model_config
+
+    s = analysis.factor_settings("fast")
+    counts = [count_parameters(create_model(m, 11)) for m in s.capacity_models]
+    assert counts == sorted(counts) and counts[-1] / counts[0] >= 20
+    assert len({get_model_config(m).family for m in s.capacity_models}) >= 2
+    eighth, quarter = create_model("resnet10t_eighth_fpn", 11), create_model("resnet10t_quarter_fpn", 11)
+    assert quarter.backbone.feature_info.channels() == [2 * c for c in eighth.backbone.feature_info.channels()]
+    with torch.no_grad():  # every (model, crop) of the settings, at its training crop
+        for (model, crop), _ in s.steps:
+            out = create_model(model, 5).eval()(torch.rand(1, 3, crop, crop))
+            assert out.shape == (1, 5, crop, crop), model
