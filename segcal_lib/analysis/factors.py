@@ -133,7 +133,10 @@ class Sweep:
     Attributes
     ----------
     metrics : tidy rows (see the module docstring).
-    models : one row per trained model.
+    models : one row per trained model: ``model``, ``family``, ``params``, ``crop_size``, ``seed``, ``iters``,
+        ``train_time_s`` (as recorded when it was trained), ``final_loss`` (mean loss of the last tenth of the run),
+        ``plateau_step``, ``plateau_loss``, ``plateaued``, ``trained_now`` (trained by this call), ``cpu_time_s``
+        (CPU seconds of this call, training included) and the cache ``key``.
     curves : training-loss curves (``model``, ``crop_size``, ``seed``, ``step``, ``loss``, ``smoothed``, ...).
     extras : sweep-specific results, e.g. reliability-diagram data or the paired comparisons.
     """
