@@ -138,6 +138,7 @@ class Difference:
         seeds = "; ".join(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in self.per_seed)
         head = (f"{self.metric} is {self.direction} with {self.b} than with {self.a}" if self.claimed
                 else f"The difference in {self.metric} between {self.b} and {self.a} is within noise")
+        head = head[0].upper() + head[1:]
         return (f"{head}: mean difference {self.mean:+.4f}, spread over seeds {self.seed_spread:.4f}; per seed, "
                 f"difference with its 95% paired interval over images: {seeds}.")
 
