@@ -27,6 +27,11 @@ from segcal_lib.analysis.tables import LABELS
 __all__ = ["Difference", "Trend", "difference", "trend"]
 
 
+def _capitalised(text: str) -> str:
+    """Upper-case the first letter, unless the first word is mixed-case already (mIoU stays mIoU)."""
+    return text if text[1:2].isupper() else text[:1].upper() + text[1:]
+
+
 @dataclass(frozen=True)
 class Trend:
     """The outcome of :func:`trend`.
@@ -63,8 +68,7 @@ class Trend:
         signs = "all seeds agree on the sign" if len({np.sign(s) for s in self.slopes}) == 1 else \
             "the seeds disagree on the sign"
         if self.claimed:
-            head = f"{self.metric} {self.direction} with {self.x}"
-            return f"{head[0].upper()}{head[1:]}: {what}; {signs}."
+            return f"{_capitalised(f'{self.metric} {self.direction} with {self.x}')}: {what}; {signs}."
         return f"The change of {self.metric} with {self.x} is within noise: {what}; {signs}."
 
 
@@ -138,7 +142,7 @@ class Difference:
         seeds = "; ".join(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in self.per_seed)
         head = (f"{self.metric} is {self.direction} with {self.b} than with {self.a}" if self.claimed
                 else f"The difference in {self.metric} between {self.b} and {self.a} is within noise")
-        head = head[0].upper() + head[1:]
+        head = _capitalised(head)
         return (f"{head}: mean difference {self.mean:+.4f}, spread over seeds {self.seed_spread:.4f}; per seed, "
                 f"difference with its 95% paired interval over images: {seeds}.")
 
