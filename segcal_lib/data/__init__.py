@@ -18,11 +18,14 @@ from segcal_lib.data.datasets import (
     get_dataset,
     shared_camvid_root,
 )
+from segcal_lib.data.folder import FolderDataset, parse_resize, read_class_names
 from segcal_lib.data.shifts import SHIFTS, apply_shift
+from segcal_lib.data.splits import SplitSubset, load_splits, make_splits, split_names, subset
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
 
 __all__ = [
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
-    "CamVid", "ImageFolderSegmentation", "Sample", "SyntheticScenes", "apply_shift", "camvid_sequence",
-    "default_camvid_root", "get_dataset", "render_scene", "shared_camvid_root",
+    "CamVid", "FolderDataset", "ImageFolderSegmentation", "Sample", "SplitSubset", "SyntheticScenes", "apply_shift",
+    "camvid_sequence", "default_camvid_root", "get_dataset", "load_splits", "make_splits", "parse_resize",
+    "read_class_names", "render_scene", "shared_camvid_root", "split_names", "subset",
 ]
