@@ -8,6 +8,7 @@
     segcal calibrate --cal stores/val --test stores/test --calibrators ts --json table.json
     segcal apply --cal stores/val --calibrator ts --input stores/test --output stores/test_ts [--probs]
     segcal evaluate stores/test
+    segcal list                                     # the calibrator names calibrate and apply take
 
 ``calibrate`` fits each named calibrator (any name of :func:`segcal_lib.calibrators.list_calibrators`) on the
 calibration store and prints one row per method for the test store: image-wise ECE with a 95% bootstrap interval over
@@ -237,6 +238,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from segcal_lib.calibrators import list_calibrators
+
+    print("\n".join(list_calibrators(args.pattern)))
+    return 0
+
+
 def cmd_split(args) -> int:
     from segcal_lib.data.splits import make_splits
 
@@ -349,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--bins", type=int, default=10)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("list", help="the registered calibrator names")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern (default: *)")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("split", help="seeded train/val/test split of a folder, written to ROOT/splits.json")
     p.add_argument("root", metavar="ROOT")
