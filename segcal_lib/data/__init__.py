@@ -19,11 +19,13 @@ from segcal_lib.data.datasets import (
     shared_camvid_root,
 )
 from segcal_lib.data.folder import FolderDataset, parse_resize, read_class_names
+from segcal_lib.data.public import ADE20K, BDD100K, Cityscapes, COCOStuff
 from segcal_lib.data.shifts import SHIFTS, apply_shift
 from segcal_lib.data.splits import SplitSubset, load_splits, make_splits, split_names, subset
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
 
 __all__ = [
+    "ADE20K", "BDD100K", "COCOStuff", "Cityscapes",
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
     "CamVid", "FolderDataset", "ImageFolderSegmentation", "Sample", "SplitSubset", "SyntheticScenes", "apply_shift",
     "camvid_sequence", "default_camvid_root", "get_dataset", "load_splits", "make_splits", "parse_resize",

@@ -6,8 +6,8 @@ resolution (SegFormer predicts at 1/4; the logits are upsampled bilinearly), so 
 multi-scale inference (:mod:`segcal_lib.inference`) and :class:`~segcal_lib.logit_store.LogitStore` apply unchanged.
 Each has a ``cache_key`` naming its weights, so stored logits are keyed by it.
 
->>> model = create_hub_model("segformer-b0-ade20k")        # downloads once; needs `pip install segcal_lib[hub]`  # doctest: +SKIP
->>> model(torch.rand(1, 3, 512, 512)).shape                                                                 # doctest: +SKIP
+>>> model = create_hub_model("segformer-b0-ade20k")  # needs segcal_lib[hub]; downloads once  # doctest: +SKIP
+>>> model(torch.rand(1, 3, 512, 512)).shape                                                  # doctest: +SKIP
 torch.Size([1, 150, 512, 512])
 
 Offline (CI) the same adapter wraps a SegFormer built from a small random configuration
