@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segcal_lib.evaluate import evaluate_store, fit_calibrator
+
 __all__ = ["main", "open_store"]
 
 DEFAULT_BATCH = 8
@@ -110,42 +112,6 @@ def _out_path(path: str | Path, arg: str, force: bool = False) -> Path:
 
 # ------------------------------------------------------------------------------------------------ measuring
 
-def _batches(store, batch_size: int = DEFAULT_BATCH):
-    """(scores, labels, inputs) batches; stored probabilities are renormalised (float16 rounding breaks sum = 1)."""
-    probs = store.meta.get("scores", "logits") == "probs"
-    for lg, lb in store.iter_batches(batch_size):
-        yield (lg / lg.sum(1, keepdim=True).clamp_min(1e-12) if probs else lg), lb, ("probs" if probs else "logits")
-
-
-def measure(store, calibrator=None, n_bins: int = 10) -> tuple[dict, float]:
-    """Calibration metrics and mIoU of ``store`` (after ``calibrator``, if given): (meter result, mIoU)."""
-    from segcal_lib.metrics import CalibrationMeter, SegmentationMeter
-
-    ignore = int(store.meta.get("ignore_index", 255))
-    meter = seg = None
-    with torch.no_grad():
-        for scores, labels, inputs in _batches(store):
-            if calibrator is not None:
-                if inputs == "probs":
-                    raise CLIError("a store of probabilities cannot be calibrated again; use a store of logits")
-                scores = calibrator(scores)
-            if meter is None:
-                meter = CalibrationMeter(store.num_classes, n_bins=n_bins, ignore_index=ignore, inputs=inputs,
-                                         classwise=False)
-                seg = SegmentationMeter(store.num_classes, ignore_index=ignore)
-            meter.update(scores, labels)
-            seg.update(scores, labels)
-    return meter.compute(), float(seg.compute()["miou"])
-
-
-def _fit(name: str, store):
-    from segcal_lib.calibrators import make_calibrator
-
-    cal = make_calibrator(name)
-    cal.progress = False
-    return cal.fit(store)
-
-
 def _plain(res: dict) -> dict:
     keep = ("ece", "image_ece", "image_ece_std", "mce", "nll", "brier", "accuracy", "confidence", "n_pixels",
             "n_images", "n_bins")
@@ -173,6 +139,7 @@ def _table(results: dict, miou: dict):
 
 # ------------------------------------------------------------------------------------------------- commands
 
+
 def cmd_calibrate(args) -> int:
     cal = open_store(args.cal, "--cal")
     test = open_store(args.test, "--test")
@@ -182,9 +149,9 @@ def cmd_calibrate(args) -> int:
     if test.meta.get("scores", "logits") != "logits" or cal.meta.get("scores", "logits") != "logits":
         raise CLIError("--cal and --test must hold logits, not probabilities")
     results, miou = {}, {}
-    results["uncalibrated"], miou["uncalibrated"] = measure(test, None, args.bins)
+    results["uncalibrated"], miou["uncalibrated"] = evaluate_store(test, None, args.bins)
     for name in names:
-        results[name], miou[name] = measure(test, _fit(name, cal), args.bins)
+        results[name], miou[name] = evaluate_store(test, fit_calibrator(name, cal), args.bins)
     table, text = _table(results, miou)
     print(f"test store {args.test}: {len(test)} images, {test.num_classes} classes; calibrators fitted on {args.cal} "
           f"({len(cal)} images); ECE with {args.bins} equal-width bins, 95% bootstrap interval over images")
@@ -205,7 +172,7 @@ def cmd_apply(args) -> int:
     _same_classes(cal, src, "--cal", "--input")
     (name,) = _calibrators(args.calibrator, "--calibrator")[:1]
     out = _out_path(args.output, "--output")
-    fitted = _fit(name, cal)
+    fitted = fit_calibrator(name, cal)
     names = src.names
 
     def batches():
@@ -226,7 +193,7 @@ def cmd_apply(args) -> int:
 def cmd_evaluate(args) -> int:
     store = open_store(args.store, "STORE")
     json_path = _out_path(args.json, "--json", force=True) if args.json else None
-    res, miou = measure(store, None, args.bins)
+    res, miou = evaluate_store(store, None, args.bins)
     label = store.meta.get("calibrator") or "stored"
     table, text = _table({label: res}, {label: miou})
     print(f"{args.store}: {len(store)} images, {store.num_classes} classes, {store.meta.get('scores', 'logits')}; "
