@@ -26,10 +26,9 @@ from segcal_lib.data.splits import split_names, subset
 from segcal_lib.data.synthetic import SyntheticScenes
 from segcal_lib.logit_store import LogitStore
 
-__all__ = ["ADE20K_ENV", "Setting", "choose_setting", "load_variant", "measure_variant", "split_cal_test",
+__all__ = ["Setting", "choose_setting", "load_variant", "measure_variant", "split_cal_test",
            "store_bytes", "stores_for_variant", "write_ade20k_fixture"]
 
-ADE20K_ENV = "SEGCAL_ADE20K"
 VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 # Stand-in widths: B0's stage widths (32, 64, 160, 256) scaled down, growing as the real variants grow.
 _STANDIN_WIDTHS = {"b0": (8, 16, 32, 64), "b2": (16, 32, 64, 128), "b5": (32, 64, 128, 256)}
@@ -75,11 +74,6 @@ def write_ade20k_fixture(root: str | os.PathLike, n: int = 12, size: tuple[int, 
     return root
 
 
-def _ade20k_root() -> Path:
-    env = os.environ.get(ADE20K_ENV)
-    return Path(env).expanduser() if env else cache_dir() / "ade20k"
-
-
 def choose_setting(max_images: int, prefer_real: bool = True, variants: Sequence[str] = VARIANTS) -> Setting:
     """The real setting when a GPU, ``transformers``, the weights and ADE20K are all at hand; else the stand-in.
 
@@ -99,7 +93,7 @@ def choose_setting(max_images: int, prefer_real: bool = True, variants: Sequence
             create_hub_model(f"segformer-{variants[0]}-ade20k")
         except (ImportError, OSError) as exc:
             reason = f"pretrained weights unavailable ({str(exc).splitlines()[0][:120]})"
-    root = _ade20k_root()
+    root = ADE20K.default_root()
     if reason is None:
         try:
             ADE20K(root, "val", n=1, cache=False)
@@ -110,8 +104,9 @@ def choose_setting(max_images: int, prefer_real: bool = True, variants: Sequence
         return Setting(True, "GPU, weights and ADE20K found", root, tuple(variants), "pad:512x512",
                        {"mode": "slide", "crop_size": 512, "stride": 341}, max_images)
     stand_in = tuple(v for v in variants if v in _STANDIN_WIDTHS) or ("b0",)
-    fixture = write_ade20k_fixture(cache_dir("fixtures") / "ade20k", n=min(max_images, 12))
-    return Setting(False, reason, fixture, stand_in, None, {}, min(max_images, 12))
+    n = min(max_images, 12)
+    fixture = write_ade20k_fixture(cache_dir("fixtures") / f"ade20k-{n}", n=n)
+    return Setting(False, reason, fixture, stand_in, None, {}, n)
 
 
 def load_variant(setting: Setting, variant: str):

@@ -208,3 +208,16 @@ def test_offline_download_says_what_to_do(script, tmp_path, monkeypatch, capsys)
                      "--sha256", f"{zips[0].name}={'0' * 64}"])
     assert script.main(["bdd100k", "--dest", str(tmp_path / "b"), *sum([["--archive", str(z)] for z in zips], [])]) == 0
     assert "BDD100K ready" in capsys.readouterr().out
+
+
+def test_chapter_11_fixture_is_read_as_ade20k(tmp_path, monkeypatch):
+    from segcal_lib.data import SyntheticScenes
+    from segcal_lib.reproduce import choose_setting, write_ade20k_fixture
+
+    monkeypatch.setenv("SEGCAL_CACHE", str(tmp_path / "cache"))
+    root = write_ade20k_fixture(tmp_path / "ade", n=3, size=(32, 48))
+    ds, scenes = ADE20K(root, "val"), SyntheticScenes("test", n=3, size=(32, 48))
+    for k in range(3):  # scene ids are shifted by one in the files (0 = "other") and back by the reader
+        assert np.array_equal(ds[k].label.numpy(), scenes[k].label.numpy())
+    setting = choose_setting(5, prefer_real=False)
+    assert not setting.real and "stand-in" in setting.describe() and setting.max_images == 5

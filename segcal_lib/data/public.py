@@ -10,8 +10,10 @@ COCO-Stuff-164K ``images/{train2017,val2017}/*.jpg``, ``annotations/{train2017,v
 BDD100K         ``images/10k/{train,val}/*.jpg``, ``labels/sem_seg/masks/{train,val}/*.png``          19
 ==============  ==================================================================================  ========
 
-Every reader is a :class:`~segcal_lib.data.folder.FolderDataset` (resize options, decoded-image cache, data
-identity) with the data set's split names mapped from ``"train"``/``"val"`` (``"cal"``)/``"test"``.
+``root`` defaults to ``$SEGCAL_ADE20K`` / ``$SEGCAL_CITYSCAPES`` / ``$SEGCAL_COCOSTUFF`` / ``$SEGCAL_BDD100K``, else
+``<cache_dir>/<key>``. Every reader is a :class:`~segcal_lib.data.folder.FolderDataset` (resize options,
+decoded-image cache, data identity) with the data set's split names mapped from ``"train"``/``"val"``
+(``"cal"``)/``"test"``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from segcal_lib.config import cache_dir
 from segcal_lib.data.base import IGNORE_INDEX
 from segcal_lib.data.datasets import DATASETS, IMAGE_SUFFIXES
 from segcal_lib.data.folder import FolderDataset
@@ -78,16 +81,22 @@ class _PublicReader(FolderDataset):
     title = ""
     hint = "Get it with `python data_scripts/public_data.py {key} --dest DIR`."
 
-    def __init__(self, root: str | os.PathLike, split: str = "val", *, resize=None, n: int | None = None,
-                 cache: bool = True):
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "val", *, resize=None,
+                 n: int | None = None, cache: bool = True):
         split = {"cal": "val"}.get(split, split)
         if split not in self.splits:
             raise ValueError(f"split must be one of {sorted(self.splits)} (or 'cal'), got {split!r}")
-        self.root_dir = Path(root).expanduser().resolve()
+        self.root_dir = Path(root if root is not None else self.default_root()).expanduser().resolve()
         img_dir, lbl_dir = self._folders(self.root_dir, self.splits[split])
         super().__init__(None, image_dir=img_dir, label_dir=lbl_dir, classes=self.class_list, resize=resize,
                          class_map=self.id_map, n=n, cache=cache)
         self.split = split
+
+    @classmethod
+    def default_root(cls) -> Path:
+        """``$SEGCAL_<KEY>`` (e.g. ``SEGCAL_ADE20K``) when set, else ``<cache_dir>/<key>``."""
+        env = os.environ.get(f"SEGCAL_{cls.key.upper()}")
+        return Path(env).expanduser() if env else cache_dir() / cls.key
 
     def _folders(self, root: Path, name: str) -> tuple[Path, Path]:
         raise NotImplementedError
