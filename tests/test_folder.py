@@ -170,3 +170,17 @@ def test_crop_size_is_relative_to_the_image(folder):
     cfg = pipeline.train_config("folder", "fast", data={"root": folder, "resize": "pad:48x64"})
     assert cfg.crop_size == 32
     assert pipeline.default_crop_size((360, 480), pipeline.get_profile("full")) == 320
+
+
+def test_pipeline_trains_on_the_train_split_and_stores_other_splits(folder, capsys):
+    from segcal_lib.config import get_profile
+
+    tiny = get_profile("fast", image_size=(12, 16), crop_size=32, train_iters=2, batch_size=2,
+                       model="mobilenetv3_small_fpn")
+    table = make_splits(folder, seed=0)
+    model, cfg = pipeline.get_model("folder", tiny, data={"root": folder}, progress=False)
+    assert cfg.data["split"] == "train" and cfg.num_classes == 3 and cfg.crop_size == 32
+    store = pipeline.get_logits(model, cfg, "test", tiny, progress=False)
+    assert store.names == table["test"] and store.class_names == CLASSES
+    assert store.logits.shape[1:] == (3, 12, 16)
+    assert pipeline.get_logits(model, cfg, "cal", tiny, progress=False).names == table["val"]
