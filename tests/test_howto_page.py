@@ -42,7 +42,7 @@ def test_page_commands_run_end_to_end(tmp_path):
     outputs = []
     for k, (kind, code) in enumerate(page_blocks()):
         cmd = ["bash", "-euo", "pipefail", "-c", code] if kind == "bash" else [sys.executable, "-c", code]
-        run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
         assert run.returncode == 0, (f"block {k} ({kind}) failed:\n{code}\n--- stdout\n{run.stdout}\n"
                                      f"--- stderr\n{run.stderr}")
         outputs.append(run.stdout)
