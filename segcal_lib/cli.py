@@ -252,9 +252,9 @@ def cmd_demo_folder(args) -> int:
         for k in range(len(scenes)):
             s = scenes[k]
             stem = f"street{k // args.per_sequence:02d}_{k % args.per_sequence:03d}"
-            img = (s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            img = (s.image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
             Image.fromarray(img).save(tmp / "images" / f"{stem}.jpg", quality=95)
-            Image.fromarray(s.label.numpy().astype(np.uint8), "L").save(tmp / "labels" / f"{stem}.png")
+            Image.fromarray(s.label.cpu().numpy().astype(np.uint8), "L").save(tmp / "labels" / f"{stem}.png")
         (tmp / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
         tmp.rename(dest)
     except BaseException:

@@ -67,9 +67,9 @@ def write_ade20k_fixture(root: str | os.PathLike, n: int = 12, size: tuple[int, 
     for k in range(n):
         s = scenes[k]
         stem = f"ADE_val_{k + 1:08d}"
-        img = (s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        img = (s.image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         Image.fromarray(img).save(img_dir / f"{stem}.jpg", quality=95)
-        lab = s.label.numpy().astype(np.int64)
+        lab = s.label.cpu().numpy().astype(np.int64)
         Image.fromarray(np.where(lab == 255, 0, lab + 1).astype(np.uint8), "L").save(lbl_dir / f"{stem}.png")
     return root
 

@@ -15,8 +15,9 @@ from segcal_lib.data.datasets import (
     ImageFolderSegmentation,
     camvid_sequence,
     default_camvid_root,
+    find_camvid,
     get_dataset,
-    shared_camvid_root,
+    read_image,
 )
 from segcal_lib.data.folder import FolderDataset, parse_resize, read_class_names
 from segcal_lib.data.public import ADE20K, BDD100K, Cityscapes, COCOStuff
@@ -28,6 +29,6 @@ __all__ = [
     "ADE20K", "BDD100K", "COCOStuff", "Cityscapes",
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
     "CamVid", "FolderDataset", "ImageFolderSegmentation", "Sample", "SplitSubset", "SyntheticScenes", "apply_shift",
-    "camvid_sequence", "default_camvid_root", "get_dataset", "load_splits", "make_splits", "parse_resize",
-    "read_class_names", "render_scene", "shared_camvid_root", "split_names", "subset",
+    "camvid_sequence", "default_camvid_root", "find_camvid", "get_dataset", "load_splits", "make_splits",
+    "parse_resize", "read_class_names", "read_image", "render_scene", "split_names", "subset",
 ]
