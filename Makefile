@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -e ".[book,dev]"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -e ".[book,dev,hub]"
 	touch $@
 
 # Executes every chapter (cached per notebook) and writes _build/html; warnings fail the build.

@@ -1,11 +1,21 @@
 """LogitStore: a model's logits and labels on one split, written to disk once and read lazily.
 
-Layout of one store (a folder under ``cache_dir("logits")``)::
+Layout of one store (a folder under ``cache_dir("logits")``, or anywhere you write one)::
 
     logits.npy   float16 (N, C, H, W)   read with numpy memory-mapping, so nothing is loaded until used
     labels.npy   uint8   (N, H, W)      train ids, 255 = ignore
     meta.json    class names, shapes, image names, inference settings, model key, data spec, creation time, and
                  ``files``: the size and SHA-256 of logits.npy and labels.npy
+
+The format, for logits produced elsewhere (another framework or machine). ``logits.npy`` and ``labels.npy`` are plain
+``.npy`` files (``numpy.save``); image ``i`` is ``logits[i]`` with its labels ``labels[i]``, at full label resolution
+(upsample strided outputs first). ``meta.json`` is a JSON object with at least ``format`` (1), ``shape`` ([N, C, H,
+W]), ``num_classes`` (C), ``names`` (N image names), ``class_names`` (C names or null) and ``ignore_index`` (255);
+optional ``scores`` says what ``logits.npy`` holds: ``"logits"`` (the default) or ``"probs"`` (calibrated
+probabilities written by ``segcal apply --probs``). Rather than writing the files by hand, call
+:meth:`LogitStore.from_arrays` (tensors in memory) or :meth:`LogitStore.write` (an iterable of batches, streamed to
+disk); both check shapes, label range and finiteness, and write atomically. :func:`segcal_lib.dump.dump_logits` runs
+any PyTorch model over a data set into a store.
 
 A store is keyed by the model key, the data spec, the split and the inference settings (canonicalised: split aliases
 resolved, window sizes as (height, width) pairs with the default stride filled in, scales as floats). It is built in a

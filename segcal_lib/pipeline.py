@@ -10,6 +10,7 @@ gets the same cache entry: a model is trained once and its logits computed once,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,13 @@ from segcal_lib.data.synthetic import SPLIT_ALIASES
 from segcal_lib.logit_store import LogitStore
 from segcal_lib.models import TrainConfig, config_key, train_or_load
 
-__all__ = ["DATASET_NAMES", "data_spec", "get_logits", "get_model", "load_dataset", "train_config"]
+__all__ = ["DATASET_NAMES", "data_spec", "default_crop_size", "get_logits", "get_model", "load_dataset",
+           "train_config"]
 
-DATASET_NAMES = ("synthetic", "camvid")
+DATASET_NAMES = ("synthetic", "camvid", "folder")
 _SPLIT_SIZE = {"train": "n_train", "val": "n_val", "test": "n_test"}
+# Fields of a spec that are not constructor arguments: the split (given separately) and the data's identity.
+_NOT_ARGS = ("name", "split", "identity", "files")
 
 
 def _profile(profile: Profile | str | None) -> Profile:
@@ -43,14 +47,28 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
     selected files' names and sizes, so a moved, re-split or edited copy never reuses another copy's models.
 
     Synthetic scenes take the profile's image size and image counts; CamVid takes the profile's image size and all
-    images of the split (``extra`` may narrow it, e.g. ``domain="dusk"`` or ``n=50``).
+    images of the split (``extra`` may narrow it, e.g. ``domain="dusk"`` or ``n=50``). A folder (``extra``: ``root``
+    and any other :class:`~segcal_lib.data.folder.FolderDataset` argument) is resized to fit the profile's image size
+    keeping its aspect ratio (``resize="pad:HxW"``; pass ``resize=`` to change it) and gets an ``identity``: a hash of
+    its files' names and sizes, the split's members and the class list, so that the cache keys of models and logits
+    change whenever the data or the split do.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}")
     split = SPLIT_ALIASES.get(split, split)
-    if split not in _SPLIT_SIZE:
+    if split not in _SPLIT_SIZE and name != "folder":  # a folder's splits are named by its splits file
         raise ValueError(f"split must be one of {sorted(_SPLIT_SIZE) + sorted(SPLIT_ALIASES)}, got {split!r}")
     p = _profile(profile)
+    if name == "folder":
+        if shift is not None:
+            raise ValueError("shift applies to synthetic scenes, not to a folder")
+        if "root" not in extra and "image_dir" not in extra:
+            raise ValueError("a folder's data_spec needs root= (or image_dir= and label_dir=)")
+        spec = {"name": name, "split": split, "resize": f"pad:{p.image_size[0]}x{p.image_size[1]}"}
+        spec.update({k: str(Path(v).expanduser().resolve()) if k in ("root", "image_dir", "label_dir") else v
+                     for k, v in extra.items()})
+        spec["identity"] = load_dataset(spec, check=False).identity()
+        return spec
     spec = {"name": name, "split": split, "size": list(p.image_size)}
     if name == "synthetic":
         spec.update(n=getattr(p, _SPLIT_SIZE[split]), seed=0)
@@ -75,29 +93,57 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
     return spec
 
 
-def load_dataset(spec: dict) -> Dataset:
-    """The data set a :func:`data_spec` describes."""
-    kw = {k: v for k, v in spec.items() if k not in ("name", "split", "files")}
+def load_dataset(spec: dict, check: bool = True) -> Dataset:
+    """The data set a :func:`data_spec` describes.
+
+    For a folder, ``check`` compares the files with the spec's ``identity`` and raises ``ValueError`` when they
+    changed (a model or logits keyed by the old files must not be paired with the new ones).
+    """
+    kw = {k: v for k, v in spec.items() if k not in _NOT_ARGS}
     if "size" in kw:
         kw["size"] = tuple(kw["size"])
-    return get_dataset(spec["name"], spec["split"], **kw)
+    ds = get_dataset(spec["name"], spec["split"], **kw)
+    if check and spec.get("identity") is not None and ds.identity() != spec["identity"]:
+        raise ValueError(f"the folder's files or splits changed since this spec was made (identity "
+                         f"{ds.identity()} != {spec['identity']}); make the spec again with data_spec(...)")
+    return ds
 
 
-def train_config(dataset_name: str = "synthetic", profile: Profile | str | None = None, **overrides) -> TrainConfig:
-    """The training configuration of the profile's main model on the ``train`` split of ``dataset_name``."""
+def default_crop_size(image_size: tuple[int, int], profile: Profile) -> int:
+    """A training crop relative to the image: the profile's crop-to-image ratio (e.g. 64/96 in ``fast``) times the
+    image's shorter side, rounded down to a multiple of 8 (at least 32, at most the profile's crop)."""
+    ratio = profile.crop_size / min(profile.image_size)
+    return max(32, min(profile.crop_size, int(ratio * min(image_size)) // 8 * 8))
+
+
+def train_config(dataset_name: str = "synthetic", profile: Profile | str | None = None, *,
+                 data: Mapping[str, Any] | None = None, **overrides) -> TrainConfig:
+    """The training configuration of the profile's main model on the ``train`` split of ``dataset_name``.
+
+    ``data`` holds extra data-spec fields (for a folder: ``root=`` and optionally ``resize=``, ``classes=``, ...).
+    A folder's crop size defaults to :func:`default_crop_size` of its (resized) images.
+    """
     p = _profile(profile)
-    spec = data_spec(dataset_name, "train", p)
-    num_classes = load_dataset(spec).num_classes
-    return TrainConfig.from_profile(p, num_classes=num_classes, data=spec, **overrides)
+    spec = data_spec(dataset_name, "train", p, **dict(data or {}))
+    ds = load_dataset(spec)
+    if getattr(ds, "num_classes", None) is None:
+        raise ValueError(f"the {dataset_name} data set does not say how many classes it has: give a classes file "
+                         f"(one name per line) or num_classes")
+    if dataset_name == "folder" and "crop_size" not in overrides:
+        overrides["crop_size"] = default_crop_size(tuple(ds[0].label.shape), p)
+    return TrainConfig.from_profile(p, num_classes=ds.num_classes, data=spec, **overrides)
 
 
 def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = None, *, progress: bool = True,
-              **overrides) -> tuple[nn.Module, TrainConfig]:
+              data: Mapping[str, Any] | None = None, **overrides) -> tuple[nn.Module, TrainConfig]:
     """The profile's main model for ``dataset_name``, trained or loaded from the cache; returns (model, config).
 
-    ``overrides`` change fields of the :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``).
+    ``data`` holds extra data-spec fields (a folder needs ``root=``); ``overrides`` change fields of the
+    :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``).
+
+    >>> model, cfg = get_model("folder", data={"root": "my_data"})  # with my_data/splits.json  # doctest: +SKIP
     """
-    cfg = train_config(dataset_name, profile, **overrides)
+    cfg = train_config(dataset_name, profile, data=data, **overrides)
     model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress)
     return model, cfg
 
@@ -113,8 +159,11 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
     split : "val" (the calibration split), "test", or "train".
     shift, severity : a named synthetic domain shift (see :mod:`segcal_lib.data.shifts`) and its severity 1..5.
     inference : keyword arguments of :func:`segcal_lib.inference.predict_logits` (whole image by default).
-    extra : passed on to :func:`data_spec` (e.g. ``domain="dusk"`` for CamVid).
+    extra : passed on to :func:`data_spec` (e.g. ``domain="dusk"`` for CamVid). A folder's root, resize and class
+        settings are taken from ``cfg.data`` (the data the model was trained on) unless given here.
     """
+    if cfg.data["name"] == "folder":
+        extra = {**{k: v for k, v in cfg.data.items() if k not in _NOT_ARGS}, **extra}
     spec = data_spec(cfg.data["name"], split, profile, shift, severity, **extra)
     return LogitStore.build_or_load(config_key(cfg), spec, spec["split"], model, lambda: load_dataset(spec),
                                     inference_kwargs=inference or {}, progress=progress)

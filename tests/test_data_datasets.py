@@ -205,7 +205,7 @@ def test_registry(camvid_root, tmp_path):
                          class_map={i: i for i in range(11)})
     assert len(folder) == 2 and folder[0].label.max() == 255
     with pytest.raises(ValueError, match="camvid.*folder.*synthetic"):
-        get_dataset("cityscapes")
+        get_dataset("imagenet")
 
 
 # ---------------------------------------------------------------------------------------- downloader (no network)

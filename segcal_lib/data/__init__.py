@@ -19,11 +19,16 @@ from segcal_lib.data.datasets import (
     get_dataset,
     read_image,
 )
+from segcal_lib.data.folder import FolderDataset, parse_resize, read_class_names
+from segcal_lib.data.public import ADE20K, BDD100K, Cityscapes, COCOStuff
 from segcal_lib.data.shifts import SHIFTS, apply_shift
+from segcal_lib.data.splits import SplitSubset, load_splits, make_splits, split_names, subset
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
 
 __all__ = [
+    "ADE20K", "BDD100K", "COCOStuff", "Cityscapes",
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
-    "CamVid", "ImageFolderSegmentation", "Sample", "SyntheticScenes", "apply_shift", "camvid_sequence",
-    "default_camvid_root", "find_camvid", "get_dataset", "read_image", "render_scene",
+    "CamVid", "FolderDataset", "ImageFolderSegmentation", "Sample", "SplitSubset", "SyntheticScenes", "apply_shift",
+    "camvid_sequence", "default_camvid_root", "find_camvid", "get_dataset", "load_splits", "make_splits",
+    "parse_resize", "read_class_names", "read_image", "render_scene", "split_names", "subset",
 ]

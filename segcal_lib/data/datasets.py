@@ -409,15 +409,10 @@ class CamVid(ImageFolderSegmentation):
 
 # ---------------------------------------------------------------------------------------------------------- registry
 
-def _folder(split: str = "train", *, image_dir, label_dir, **kw) -> ImageFolderSegmentation:
-    """``image_dir`` / ``label_dir`` may contain ``{split}``, filled in with the split name."""
-    return ImageFolderSegmentation(str(image_dir).format(split=split), str(label_dir).format(split=split), **kw)
-
-
+# "folder" (your own images and labels) is registered by segcal_lib.data.folder, which builds on the readers here.
 DATASETS = {
     "synthetic": lambda split="train", **kw: SyntheticScenes(split=split, **kw),
     "camvid": lambda split="train", **kw: CamVid(split=split, **kw),
-    "folder": _folder,
 }
 
 
@@ -427,8 +422,9 @@ def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
     Parameters
     ----------
     name : "synthetic" (:class:`SyntheticScenes`), "camvid" (:class:`CamVid`) or "folder"
-        (:class:`ImageFolderSegmentation`; pass ``image_dir`` and ``label_dir``, which may contain ``{split}``).
-    split : "train", "val" ("cal") or "test".
+        (:class:`~segcal_lib.data.folder.FolderDataset`: pass ``root``, or ``image_dir`` and ``label_dir``, which may
+        contain ``{split}``).
+    split : "train", "val" ("cal") or "test" ("all" for a folder without splits).
     **kw : passed on to the data set's constructor.
 
     >>> get_dataset("synthetic", "val", n=2)[0].image.shape
