@@ -18,7 +18,7 @@ Every function returns plain records (lists of dicts) so that a chapter can tabu
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ctypes
 import math
 import os
 import time
@@ -63,7 +63,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start, self.how = torch.cuda.memory_allocated(self.device), "cuda max_memory_allocated"
-        elif _linux_peak_rss_reset():
+        elif _glibc_returns_big_blocks() and _linux_peak_rss_reset():
             self._start, self.how = _rss("VmRSS"), "peak RSS"
         else:
             tracemalloc.start()
@@ -88,6 +88,21 @@ def _rss(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise OSError(f"{field} not in /proc/self/status")
+
+
+def _glibc_returns_big_blocks() -> bool:
+    """Make glibc give every block of 128 KiB or more back to the system when freed (and return what it holds now).
+
+    By default glibc raises its mmap threshold after big frees and keeps later blocks resident when freed, so a
+    method run after another would reuse the memory its predecessor left and show no peak of its own.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD, fixed: no more dynamic raising
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
 
 
 def _linux_peak_rss_reset() -> bool:
@@ -206,13 +221,27 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _stream(meter, batches, n_batches: int, device) -> tuple[float, float, float]:
+    """Feed ``n_batches`` batches and compute: (seconds in all, seconds of the first update, ECE)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(n_batches):
+        meter.update(*batches[i % len(batches)])
+        if i == 0:
+            _sync(device)
+            first = time.perf_counter() - t0
+    ece = meter.compute()["ece"]
+    _sync(device)
+    return time.perf_counter() - t0, first, ece
+
+
 def bench_throughput(num_classes: int, shape: tuple[int, int, int], n_batches: int, device, repeats: int = 3,
                      n_bins: int = N_BINS, compile_naive: bool = False, only: list[str] | None = None) -> list[dict]:
     """Every method over the same ``n_batches`` batches (two distinct ones, alternated), update + compute.
 
-    Returns one record per method: ``method``, ``mpx_per_s`` (best of ``repeats``), ``peak_extra_mb``,
-    ``bytes_per_pixel`` (peak extra memory over the stream's pixels), ``first_call_s`` (the first update, warm-up
-    included: compilation for a compiled method), ``ece``, ``x_torchmetrics`` (throughput ratio) and the workload.
+    Returns one record per method: ``method``, ``mpx_per_s`` (best of ``repeats``), ``first_call_s`` (the first
+    update of the first repeat, warm-up included: compilation for a compiled method), ``ece``, ``x_torchmetrics``
+    (throughput ratio), ``x_floor`` (fraction of the read-once floor) and the workload. Memory: :func:`add_memory`.
     """
     batches = make_batches(num_classes, shape, min(2, n_batches), device)
     pixels = n_batches * math.prod(shape)
@@ -220,30 +249,36 @@ def bench_throughput(num_classes: int, shape: tuple[int, int, int], n_batches: i
     for name, make in methods(num_classes, device, n_bins, compile_naive).items():
         if only is not None and name not in only:
             continue
-        best, ece, first = math.inf, math.nan, math.nan
-        for rep in range(repeats):
-            meter = make()
-            with PeakMemory(device) if rep == 0 else contextlib.nullcontext() as mem:
-                _sync(device)
-                t0 = time.perf_counter()
-                for i in range(n_batches):
-                    meter.update(*batches[i % len(batches)])
-                    if rep == 0 and i == 0:
-                        _sync(device)
-                        first = time.perf_counter() - t0
-                ece = meter.compute()["ece"]
-                _sync(device)
-                best = min(best, time.perf_counter() - t0)
-            if rep == 0:
-                peak = mem.extra
-            del meter
+        runs = [_stream(make(), batches, n_batches, device) for _ in range(repeats)]
         records.append({"num_classes": num_classes, "batch": "x".join(map(str, shape)), "batches": n_batches,
-                        "pixels": pixels, "method": name, "mpx_per_s": pixels / best / 1e6,
-                        "peak_extra_mb": peak / 2**20, "bytes_per_pixel": peak / pixels, "first_call_s": first,
-                        "ece": ece, "device": str(device)})
+                        "pixels": pixels, "method": name, "mpx_per_s": pixels / min(r[0] for r in runs) / 1e6,
+                        "first_call_s": runs[0][1], "ece": runs[0][2], "device": str(device),
+                        "peak_extra_mb": math.nan, "bytes_per_pixel": math.nan})
     tm = next((r["mpx_per_s"] for r in records if r["method"] == "torchmetrics"), math.nan)
+    floor = next((r["mpx_per_s"] for r in records if r["method"] == "read once (floor)"), math.nan)
     for r in records:
-        r["x_torchmetrics"] = r["mpx_per_s"] / tm
+        r["x_torchmetrics"], r["x_floor"] = r["mpx_per_s"] / tm, r["mpx_per_s"] / floor
+    return records
+
+
+def add_memory(records: list[dict], device, n_bins: int = N_BINS) -> list[dict]:
+    """Fill ``peak_extra_mb`` and ``bytes_per_pixel`` of throughput records with one more, untimed, stream each.
+
+    Run it after every timing: on a CPU it makes glibc return big blocks to the system (see ``PeakMemory``), which
+    slows later allocations.
+    """
+    by_workload: dict = {}
+    for r in records:
+        by_workload.setdefault((r["num_classes"], r["batch"], r["batches"]), []).append(r)
+    for (c, batch, n_batches), recs in by_workload.items():
+        batches = make_batches(c, tuple(int(v) for v in batch.split("x")), min(2, n_batches), device)
+        makers = methods(c, device, n_bins, compile_naive=any("compile" in r["method"] for r in recs))
+        for r in recs:
+            meter = makers[r["method"]]()
+            with PeakMemory(device) as mem:
+                _stream(meter, batches, n_batches, device)
+            del meter
+            r["peak_extra_mb"], r["bytes_per_pixel"] = mem.extra / 2**20, mem.extra / r["pixels"]
     return records
 
 
@@ -339,11 +374,12 @@ def format_throughput(records: list[dict]) -> str:
     r0 = records[0]
     lines = [f"C={r0['num_classes']}, batches of {r0['batch']} ({r0['batches']} batches, {r0['pixels'] / 1e6:.3g} M "
              f"pixels), {r0['device']}, update + compute, {N_BINS} bins",
-             f"  {'method':32s} {'Mpx/s':>9s} {'x torchmetrics':>15s} {'peak extra MB':>14s} {'B/pixel':>8s} "
-             f"{'ECE':>10s}"]
+             f"  {'method':32s} {'Mpx/s':>9s} {'x torchmetrics':>15s} {'x floor':>8s} {'peak extra MB':>14s} "
+             f"{'B/pixel':>8s} {'first call s':>12s} {'ECE':>10s}"]
     for r in records:
-        lines.append(f"  {r['method']:32s} {r['mpx_per_s']:9.2f} {r['x_torchmetrics']:15.2f} "
-                     f"{r['peak_extra_mb']:14.1f} {r['bytes_per_pixel']:8.2f} {r['ece']:10.6f}")
+        lines.append(f"  {r['method']:32s} {r['mpx_per_s']:9.2f} {r['x_torchmetrics']:15.2f} {r['x_floor']:8.3f} "
+                     f"{r['peak_extra_mb']:14.1f} {r['bytes_per_pixel']:8.2f} {r['first_call_s']:12.3f} "
+                     f"{r['ece']:10.6f}")
     return "\n".join(lines)
 
 
@@ -384,12 +420,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(machine_line(device))
     out = {"throughput": [], "exactness": [], "fits": []}
     for c, shape, n_batches in SIZES[size]:
-        if args.classes and c not in args.classes:
-            continue
-        recs = bench_throughput(c, shape, args.batches or n_batches, device, args.repeats,
-                                compile_naive=args.compile)
-        print("\n" + format_throughput(recs), flush=True)
-        out["throughput"] += recs
+        if not args.classes or c in args.classes:
+            out["throughput"] += bench_throughput(c, shape, args.batches or n_batches, device, args.repeats,
+                                                  compile_naive=args.compile)
+    add_memory(out["throughput"], device)
+    for c in dict.fromkeys(r["num_classes"] for r in out["throughput"]):
+        print("\n" + format_throughput([r for r in out["throughput"] if r["num_classes"] == c]), flush=True)
     tiny = size == "tiny"
     pixels = args.exact_pixels if args.exact_pixels is not None else ([4e5] if tiny else [4.2e6, 1.7e8])
     if pixels:

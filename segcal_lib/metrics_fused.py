@@ -34,6 +34,8 @@ PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 # On accelerators there is no cache to fit and each tile costs kernel launches, so a whole chunk is one tile.
 _TILE_ELEMENTS = {"cpu": 2**18}
 _TILE_ELEMENTS_DEFAULT = 2**27
+# Pixels whose per-pixel terms are held at once (~40 bytes each): bounds the extra memory whatever the batch size.
+_BLOCK_PIXELS = 2**20
 
 
 def _tile_pixels(device: torch.device, per_pixel: int) -> int:
@@ -89,47 +91,67 @@ def _first_edge(edges: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return e
 
 
-def _tile_terms(x: torch.Tensor, y: torch.Tensor, inputs: str):
-    """Per-pixel terms of one tile x (n, C, p) in the working dtype, labels y (n, p).
+def _reduce_tiles(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, inputs: str, dtype: torch.dtype,
+                  first_edge: torch.Tensor | None):
+    """The passes over the C scores of each pixel, tile by tile; everything per pixel is left to the caller.
 
-    Returns (e, r, conf, top_is_y, logp_y, brier): probabilities are ``e * r[:, None]`` ((n, C, p) and (n, p));
-    ``top_is_y`` says where the label's score equals the maximum (a hit unless an earlier class ties, see ``_hits``).
+    Returns (N, P) tensors ``top`` (max score), ``x_y`` (label's score), ``s`` (``sum_k e_k``), ``sq``
+    (``sum_k e_k^2``), ``e_y`` (label's term), with ``e = exp(x - max)`` for logits and ``e = x`` for probabilities;
+    and, when ``first_edge`` is given (class-wise bins), ``p_y`` (label's probability, exactly as binned below),
+    ``totals`` (C,) float64 (sum of p_k over valid pixels) and ``above`` (class index, probability) of every
+    probability >= ``first_edge`` at a valid pixel.
     """
-    top = x.amax(1, keepdim=True)
-    x_y = x.gather(1, y[:, None]).squeeze(1)
-    top = top.squeeze(1)
-    if inputs == "probs":
-        logp_y = x_y.clamp_min(torch.finfo(x.dtype).tiny).log()
-        brier = torch.linalg.vecdot(x, x, dim=1) - 2 * x_y + 1
-        return x, None, top, x_y == top, logp_y, brier
-    e = (x - top[:, None]).exp_()  # exp(x - max): the arg-max class gets exactly 1
-    s = e.sum(1)
-    r = s.reciprocal()
-    z_y = x_y - top
-    logp_y = z_y - s.log()
-    p_y = z_y.exp() * r
-    brier = torch.linalg.vecdot(e, e, dim=1) * r.square() - 2 * p_y + 1  # sum_k p_k^2 = sum_k e_k^2 / s^2
-    return e, r, r, z_y == 0, logp_y, brier
+    n, c, p = scores.shape
+    dev, f64 = scores.device, torch.float64
+    out = {k: torch.empty(n, p, dtype=dtype, device=dev) for k in ("top", "x_y", "s", "sq", "e_y")}
+    if first_edge is not None:
+        out["p_y"] = torch.empty(n, p, dtype=dtype, device=dev)
+        totals, classes, values = torch.zeros(c, dtype=f64, device=dev), [], []
+    step = _tile_pixels(dev, n * c)
+    for s in range(0, p, step):
+        cols = slice(s, s + step)
+        x, yt = scores[:, :, cols].to(dtype), y[:, None, cols]
+        top = x.amax(1, keepdim=True)
+        out["top"][:, cols] = top.squeeze(1)
+        out["x_y"][:, cols] = x.gather(1, yt).squeeze(1)
+        e = x if inputs == "probs" else (x - top).exp_()  # exp(x - max): the arg-max class gets exactly 1
+        out["s"][:, cols] = e.sum(1)
+        out["sq"][:, cols] = torch.linalg.vecdot(e, e, dim=1)
+        out["e_y"][:, cols] = e.gather(1, yt).squeeze(1)
+        if first_edge is None:
+            continue
+        vt = valid[:, None, cols]
+        if inputs == "probs":  # the caller's tensor: not to be written to
+            prob = (e * vt).contiguous()
+        else:  # 1 / s at valid pixels, 0 at ignored ones (in no bin above 0)
+            prob = e.mul_(torch.where(vt, out["s"][:, None, cols].reciprocal(), 0)).contiguous()
+        out["p_y"][:, cols] = prob.gather(1, yt).squeeze(1)
+        # float32 partial sums within a tile (relative error ~1e-7 of a tile's total), float64 across tiles
+        totals += prob.sum((0, 2)).to(f64)
+        # Only probabilities >= 1/B leave bin 0, and a pixel has at most B of them: gather just those.
+        i, k, j = torch.nonzero(prob >= first_edge, as_tuple=True)
+        classes.append(k)
+        values.append(prob.view(-1).index_select(0, (i * c + k) * prob.shape[2] + j))
+    if first_edge is not None:
+        out["totals"], out["above"] = totals, (torch.cat(classes), torch.cat(values))
+    return out
 
 
-def _hits(x: torch.Tensor, e: torch.Tensor, r: torch.Tensor | None, y: torch.Tensor, top_is_y: torch.Tensor,
-          valid: torch.Tensor) -> torch.Tensor:
-    """Whether the first arg-max of each pixel of x (n, C, p) is its label: (n, p) bool, False where not valid.
+def _hits(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, t: dict, top_e) -> torch.Tensor:
+    """Whether the first arg-max of each pixel is its label: (N, P) bool, False where not valid.
 
-    The label's score equals the maximum at ``top_is_y``; it is the *first* arg-max unless an earlier class ties.
-    A tie puts two exact 1s into ``sum_k exp(x_k - max)`` (or two copies of the maximum into ``sum_k p_k``), and
-    rounding never takes a sum of non-negative terms below a partial sum, so where that sum is below twice the
-    maximum's term there is no tie. The few remaining pixels are settled by looking at their scores.
+    Where the label's score equals the maximum it is the *first* arg-max unless an earlier class ties. A tie puts
+    two copies of the maximum's term ``top_e`` into ``s``, and rounding never takes a sum of non-negative terms below
+    one of its partial sums, so where ``s < 2 * top_e`` there is no tie. The few other pixels are settled from the
+    scores.
     """
-    hit = top_is_y & valid
-    top_term = 1 if r is not None else e.amax(1)  # e is exp(x - max) for logits, the probabilities themselves else
-    maybe_tie = hit & (e.sum(1) >= 2 * top_term)
+    hit = (t["x_y"] == t["top"]) & valid
+    maybe_tie = hit & (t["s"] >= 2 * top_e)
     if maybe_tie.any():
         i, j = maybe_tie.nonzero(as_tuple=True)
-        cols = x[i, :, j]  # (m, C)
-        top = cols.amax(1, keepdim=True)
-        classes = torch.arange(x.shape[1], device=x.device)
-        earlier = ((cols == top) & (classes < y[i, j, None])).any(1)
+        cols = scores[i, :, j]  # (m, C)
+        classes = torch.arange(scores.shape[1], device=scores.device)
+        earlier = ((cols == cols.amax(1, keepdim=True)) & (classes < y[i, j, None])).any(1)
         hit[i[earlier], j[earlier]] = False
     return hit
 
@@ -154,55 +176,44 @@ def calibration_sums(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
     nll, brier : 0-d float64, sums of -log p_y and of the Brier score over valid pixels.
     classwise : (3, C, B) float64, per class and bin: count, sum of p_k, number of pixels labelled k; or None.
     """
-    n, c, p = scores.shape
-    dev, f64, b = scores.device, torch.float64, edges.numel() - 1
-    img_base = (torch.arange(n, device=dev) * b)[:, None]
-    per_image = torch.zeros(n * b + 1, dtype=f64, device=dev)  # the extra slot collects ignored pixels
-    count_hits = torch.zeros(2 * (n * b + 1), dtype=torch.long, device=dev)
-    nll, brier_sum = torch.zeros((), dtype=f64, device=dev), torch.zeros((), dtype=f64, device=dev)
-    cw = torch.zeros(3, c, b, dtype=f64, device=dev) if classwise else None
-    cw_totals = torch.zeros(c, dtype=f64, device=dev)  # per class, sum of p_k over valid pixels
-    first_edge = _first_edge(edges, dtype)
-    step = _tile_pixels(dev, n * c)
-    for s in range(0, p, step):
-        x, yt, vt = scores[:, :, s:s + step].to(dtype), y[:, s:s + step], valid[:, s:s + step]
-        e, r, conf, top_is_y, logp_y, brier = _tile_terms(x, yt, inputs)
-        hit = _hits(x, e, r, yt, top_is_y, vt)
-        k = bin_index(conf, edges)
-        ik = torch.where(vt, k + img_base, n * b)
-        per_image += torch.bincount(ik.flatten(), weights=conf.flatten().to(f64), minlength=n * b + 1)
-        count_hits += torch.bincount((2 * ik + hit).flatten(), minlength=2 * (n * b + 1))
-        nll -= torch.where(vt, logp_y, 0).sum(dtype=f64)
-        brier_sum += torch.where(vt, brier, 0).sum(dtype=f64)
-        if classwise:
-            # probabilities, 0 at ignored pixels; e is a private temporary for logits, the caller's scores for probs
-            # float32 partial sums over one tile (relative error ~1e-7 of a tile's total), float64 across tiles
-            if inputs == "logits":
-                prob = e.mul_(torch.where(vt, r, 0)[:, None])
-            else:
-                prob = (e * vt[:, None]).contiguous()
-            cw_totals += prob.sum((0, 2)).to(f64)
-            _classwise_tile(cw, prob, yt, vt, edges, first_edge)
-    count_hits = count_hits.view(-1, 2)[:-1]
-    per_image = torch.stack([count_hits.sum(1).to(f64), per_image[:-1], count_hits[:, 1].to(f64)]).view(3, n, b)
-    if classwise:
-        # Bin 0 of each class holds whatever its totals leave to the other bins.
-        cw[0, :, 0] = valid.sum().to(f64) - cw[0, :, 1:].sum(1)
-        cw[1, :, 0] = cw_totals - cw[1, :, 1:].sum(1)
-    return per_image, nll, brier_sum, cw
-
-
-def _classwise_tile(cw: torch.Tensor, prob: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
-                    edges: torch.Tensor, first_edge: torch.Tensor) -> None:
-    """Add one tile's class-wise bins >= 1 and label counts into ``cw`` (3, C, B); prob (n, C, p) is 0 if ignored."""
-    c, b, f64 = cw.shape[1], cw.shape[2], torch.float64
-    p_y = prob.gather(1, y[:, None]).squeeze(1)
-    hit_idx = torch.where(valid, y * b + bin_index(p_y, edges), c * b)
-    cw[2] += torch.bincount(hit_idx.flatten(), minlength=c * b + 1)[:-1].view(c, b).to(f64)
+    n, p = y.shape
+    step = max(1, _BLOCK_PIXELS // n)
+    if p > step:  # blocks of pixels, so that the per-pixel buffers stay small whatever the batch
+        parts = [calibration_sums(scores[:, :, s:s + step], y[:, s:s + step], valid[:, s:s + step], inputs, dtype,
+                                  edges, classwise) for s in range(0, p, step)]
+        per_image = torch.stack([q[0] for q in parts]).sum(0)
+        cw = torch.stack([q[3] for q in parts]).sum(0) if classwise else None
+        return per_image, sum(q[1] for q in parts), sum(q[2] for q in parts), cw
+    c, dev, f64, b = scores.shape[1], scores.device, torch.float64, edges.numel() - 1
+    t = _reduce_tiles(scores, y, valid, inputs, dtype, _first_edge(edges, dtype) if classwise else None)
+    if inputs == "probs":
+        conf, top_e, p_y = t["top"], t["top"], t["x_y"]
+        logp_y = p_y.clamp_min(torch.finfo(dtype).tiny).log()
+        brier = t["sq"] - 2 * p_y + 1
+    else:
+        r = t["s"].reciprocal()
+        conf, top_e = r, 1
+        logp_y = (t["x_y"] - t["top"]) - t["s"].log()
+        brier = t["sq"] * r.square() - 2 * t["e_y"] * r + 1  # sum_k p_k^2 = sum_k e_k^2 / s^2
+    hit = _hits(scores, y, valid, t, top_e)
+    # Per image and bin; ignored pixels go to one extra slot, dropped.
+    ik = torch.where(valid, bin_index(conf, edges) + (torch.arange(n, device=dev) * b)[:, None], n * b).flatten()
+    conf_sum = torch.bincount(ik, weights=conf.flatten().to(f64), minlength=n * b + 1)[:-1]
+    count_hits = torch.bincount(2 * ik + hit.flatten(), minlength=2 * (n * b + 1)).view(-1, 2)[:-1].to(f64)
+    per_image = torch.stack([count_hits.sum(1), conf_sum, count_hits[:, 1]]).view(3, n, b)
+    nll = -torch.where(valid, logp_y, 0).sum(dtype=f64)
+    brier_sum = torch.where(valid, brier, 0).sum(dtype=f64)
+    if not classwise:
+        return per_image, nll, brier_sum, None
+    cw = torch.zeros(3, c, b, dtype=f64, device=dev)
+    hit_idx = torch.where(valid, y * b + bin_index(t["p_y"], edges), c * b).flatten()
+    cw[2] = torch.bincount(hit_idx, minlength=c * b + 1)[:-1].view(c, b)
     if b > 1:
-        # Only probabilities >= 1/B leave bin 0, and a pixel has at most B of them: scatter just those.
-        flat = torch.nonzero((prob >= first_edge).view(-1)).squeeze(1)
-        v = prob.view(-1)[flat]
-        idx = (flat // prob.shape[2]) % c * b + bin_index(v, edges)
-        cw[0] += torch.bincount(idx, minlength=c * b).view(c, b).to(f64)
-        cw[1] += torch.bincount(idx, weights=v.to(f64), minlength=c * b).view(c, b)
+        k, v = t["above"]
+        idx = k * b + bin_index(v, edges)
+        cw[0] = torch.bincount(idx, minlength=c * b).view(c, b)
+        cw[1] = torch.bincount(idx, weights=v.to(f64), minlength=c * b).view(c, b)
+    # Bin 0 of each class holds whatever its totals leave to the other bins.
+    cw[0, :, 0] = valid.sum() - cw[0, :, 1:].sum(1)
+    cw[1, :, 0] = t["totals"] - cw[1, :, 1:].sum(1)
+    return per_image, nll, brier_sum, cw

@@ -64,6 +64,7 @@ def test_many_tiles_equal_one(monkeypatch):
     mask = torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) > 0.3
     whole = CalibrationMeter(7).update(scores, labels, mask)
     monkeypatch.setitem(fused._TILE_ELEMENTS, "cpu", 1)  # the 256-pixel floor: several tiles per image
+    monkeypatch.setattr(fused, "_BLOCK_PIXELS", 900)  # and several blocks of per-pixel terms
     tiled = CalibrationMeter(7).update(scores, labels, mask)
     assert_same_meters(tiled, whole, TOL["exact"])
     assert_matches_brute(tiled.compute(), reference(scores, labels, mask=mask), TOL["exact"])
