@@ -343,16 +343,21 @@ def bench_exactness(pixel_counts: list[float], tm_max_pixels: float, device, bat
 # ---------------------------------------------------------------------------------------------- calibrator fits
 def bench_calibrator_fits(names=("ts", "dirs", "selective"), pixel_counts=(1e6, 1e7), num_classes: int = 19,
                           device=None) -> list[dict]:
-    """Seconds to fit each calibrator on synthetic logits of ``pixel_counts`` pixels (HOOK for issue #13, item 3).
+    """Seconds to fit each calibrator on synthetic logits of ``pixel_counts`` pixels.
 
-    Uses ``make_calibrator(name).fit(logits (N, C, H, W), labels (N, H, W))`` from ``segcal_lib.calibrators`` when
-    that package exists; otherwise prints why and returns no record.
+    HOOK (issue #13, item 3, calibrator fitting at scale): uses ``make_calibrator(name).fit(logits (N, C, H, W),
+    labels (N, H, W))`` from ``segcal_lib.calibrators``; names that are not registered, or the whole package when it
+    cannot be imported, are skipped with a printed message.
     """
     try:
-        from segcal_lib.calibrators import make_calibrator
+        from segcal_lib.calibrators import list_calibrators, make_calibrator
     except ImportError as err:
         print(f"calibrator fits: skipped (segcal_lib.calibrators is not importable here: {err})")
         return []
+    missing = [n for n in names if not list_calibrators(n)]
+    if missing:
+        print(f"calibrator fits: {missing} skipped (not registered; registered: {list_calibrators()})")
+    names = [n for n in names if n not in missing]
     device = device or torch.device("cpu")
     records = []
     for px in pixel_counts:
