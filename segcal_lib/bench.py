@@ -51,8 +51,9 @@ OURS = [
 class PeakMemory:
     """Peak memory allocated above the level at entry, in bytes (``.extra`` after the block).
 
-    CUDA: the caching allocator's peak. CPU on Linux: the process's peak resident set (reset through
-    ``/proc/self/clear_refs``), which sees torch's allocations; elsewhere ``tracemalloc``, which sees only Python's.
+    CUDA: the caching allocator's peak. CPU on Linux: the growth of the process's peak resident set (reset through
+    ``/proc/self/clear_refs``, after glibc has returned its free memory), which sees torch's allocations; elsewhere
+    ``tracemalloc``, which sees only Python's.
     """
 
     def __init__(self, device: torch.device):
@@ -63,7 +64,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start, self.how = torch.cuda.memory_allocated(self.device), "cuda max_memory_allocated"
-        elif _glibc_returns_big_blocks() and _linux_peak_rss_reset():
+        elif _glibc_trim() and _linux_peak_rss_reset():
             self._start, self.how = _rss("VmRSS"), "peak RSS"
         else:
             tracemalloc.start()
@@ -90,16 +91,13 @@ def _rss(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def _glibc_returns_big_blocks() -> bool:
-    """Make glibc give every block of 128 KiB or more back to the system when freed (and return what it holds now).
+def _glibc_trim() -> bool:
+    """Give the memory glibc holds free back to the system, so that reusing it shows up in the resident set again.
 
-    By default glibc raises its mmap threshold after big frees and keeps later blocks resident when freed, so a
-    method run after another would reuse the memory its predecessor left and show no peak of its own.
+    Without this a method run after another would reuse the pages its predecessor freed and show no peak of its own.
     """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD, fixed: no more dynamic raising
-        libc.malloc_trim(0)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         return True
     except (OSError, AttributeError):
         return False
@@ -264,8 +262,7 @@ def bench_throughput(num_classes: int, shape: tuple[int, int, int], n_batches: i
 def add_memory(records: list[dict], device, n_bins: int = N_BINS) -> list[dict]:
     """Fill ``peak_extra_mb`` and ``bytes_per_pixel`` of throughput records with one more, untimed, stream each.
 
-    Run it after every timing: on a CPU it makes glibc return big blocks to the system (see ``PeakMemory``), which
-    slows later allocations.
+    Kept apart from the timing so that measuring cannot slow what is timed.
     """
     by_workload: dict = {}
     for r in records:
@@ -372,6 +369,51 @@ def bench_calibrator_fits(names=("ts", "dirs", "selective"), pixel_counts=(1e6, 
             records.append({"calibrator": name, "pixels": n_img * side * side, "num_classes": num_classes,
                             "fit_s": time.perf_counter() - t0, "device": str(device)})
     return records
+
+
+# ------------------------------------------------------------------------------------------------------ recorded
+# Figures measured on machines a reader may not have, copied from the project's reference notes (anchors.md) with
+# their date and hardware. Pooled top-label ECE, 15 bins, random logits x4, 16 rows of ignore label per image.
+RECORDED_GPU = {
+    "date": "2026-11-29", "hardware": "1x NVIDIA H200", "stream": "40 batches, float32 logits",
+    "versions": "torchmetrics 1.9 (other versions not recorded)",
+    "rows": [
+        {"num_classes": 19, "batch": "2x1024x2048", "stream_mpx": 168, "floor_gpx_s": 45.0, "naive_eager_gpx_s": 2.7,
+         "naive_compiled_gpx_s": 2.2, "torchmetrics_gpx_s": 0.47, "torchmetrics_extra_gb": 5.3,
+         "torchmetrics_b_per_px": 31},
+        {"num_classes": 150, "batch": "8x512x512", "stream_mpx": 84, "floor_gpx_s": 6.6, "naive_eager_gpx_s": 0.48,
+         "naive_compiled_gpx_s": 1.05, "torchmetrics_gpx_s": 0.21, "torchmetrics_extra_gb": 4.3,
+         "torchmetrics_b_per_px": 51},
+    ],
+}
+# torchmetrics 1.9 on a growing stream of the same workload (float32 accumulation); the float64 value is 0.631161.
+RECORDED_DRIFT = {"exact": 0.631161, "rows": [(4.2e6, 0.631327), (16.8e6, 0.633438), (67.1e6, 0.638769),
+                                              (167.8e6, 0.616970)]}
+
+
+def chapter_exercises(fast_pooled_x19: float):
+    """The appendix chapter's checked exercises; ``fast_pooled_x19`` is this run's speed-up of ``ours fast, pooled``
+    over torchmetrics at C=19, read from the throughput table."""
+    from segcal_lib.exercises import Exercise, numeric
+
+    return [
+        Exercise("ch12.speedup", "From the throughput table, how many times torchmetrics' throughput does "
+                 "`ours fast, pooled` reach at C=19 in this run? (within 10%)",
+                 numeric(fast_pooled_x19, rel_tol=0.1, explain="read the `x torchmetrics` column at C=19"),
+                 "Find the row `ours fast, pooled` in the C=19 table.",
+                 f"{fast_pooled_x19:.2f}, the ratio printed in the table.", right=fast_pooled_x19,
+                 wrong=3 * fast_pooled_x19 + 1),
+        Exercise("ch12.bytes", "torchmetrics keeps, for every pixel, its confidence and whether it is correct, both as "
+                 "float32. How many bytes per pixel is that, before any temporary?",
+                 numeric(8, abs_tol=0.5, explain="two float32 numbers of 4 bytes each"),
+                 "What does one float32 cost?", "8 bytes: two float32 values per pixel.", right=8, wrong=4),
+        Exercise("ch12.above_edge", "The class-wise pass scatters only probabilities of at least 1/B into bins. "
+                 "With B = 10 bins and C = 19 classes, at most how many classes of one pixel can have p >= 1/B?",
+                 numeric(10, abs_tol=0.5, explain="the probabilities of a pixel sum to 1"),
+                 "Add up B probabilities of exactly 1/B.",
+                 "10: the probabilities sum to 1, so at most B = 10 of them reach 1/B (all of them exactly 1/10).",
+                 right=10, wrong=19),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------ printing

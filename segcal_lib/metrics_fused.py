@@ -34,8 +34,9 @@ PRECISIONS = {"exact": torch.float64, "fast": torch.float32}
 # On accelerators there is no cache to fit and each tile costs kernel launches, so a whole chunk is one tile.
 _TILE_ELEMENTS = {"cpu": 2**18}
 _TILE_ELEMENTS_DEFAULT = 2**27
-# Pixels whose per-pixel terms are held at once (~40 bytes each): bounds the extra memory whatever the batch size.
-_BLOCK_PIXELS = 2**20
+# Pixels whose per-pixel terms are held at once (~100 bytes each with the temporaries): bounds the extra memory to
+# ~25 MiB whatever the batch size; large enough that the per-pixel operations cost little more than their work.
+_BLOCK_PIXELS = 2**18
 
 
 def _tile_pixels(device: torch.device, per_pixel: int) -> int:

@@ -71,3 +71,8 @@ def test_peak_memory_sees_a_torch_allocation():
     if mem.how.startswith("tracemalloc"):
         pytest.skip("no peak resident-set measurement on this system")
     assert mem.extra >= 24 * 2**20
+
+
+def test_chapter_exercises_accept_their_solution_and_reject_a_wrong_answer():
+    for ex in bench.chapter_exercises(fast_pooled_x19=4.2):
+        assert ex.checker(ex.right) is None and ex.checker(ex.wrong) is not None, ex.key
