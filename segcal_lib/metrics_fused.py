@@ -24,6 +24,8 @@ so nothing drifts with the number of pixels.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["PRECISIONS", "bin_index", "calibration_sums", "first_argmax"]
@@ -57,7 +59,7 @@ def _first_argmax_tile(x: torch.Tensor, top: torch.Tensor, rev: torch.Tensor) ->
 def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     """``scores.argmax(1)`` (ties go to the first class) for (N, C, ...) scores, tile by tile; int64 (N, ...)."""
     n, c = scores.shape[:2]
-    x = scores.reshape(n, c, -1)
+    x = scores.reshape(n, c, math.prod(scores.shape[2:]))  # not -1: a batch may hold no pixel at all
     rev = _reverse_ranks(c, x.device)
     step = _tile_pixels(x.device, n * c)
     out = torch.empty(n, x.shape[2], dtype=torch.long, device=x.device)
