@@ -328,3 +328,34 @@ def test_compare_calibrators_fits_on_one_split_and_measures_on_the_other(tmp_pat
         compare_calibrators(["ts"], cal_src, test_src, options={"nope": {}})
     with pytest.raises(ValueError, match="registry name or a Calibrator"):
         compare_calibrators({"x": 3}, cal_src, test_src)
+
+
+# ------------------------------------------------------------------------------------------------ chapter 8 bank
+def test_chapter_8_exercises_accept_right_and_reject_wrong_answers():
+    import pandas as pd
+
+    from segcal_lib.exercise_bank.ch08 import exercises
+
+    table = pd.DataFrame({"image-wise ECE": [0.12, 0.10, 0.11], "mIoU (%)": [50.0, 50.0, 49.0]},
+                         index=["Uncal", "TempS", "LogS"])
+    bank = exercises(table, temperature=1.7)
+    assert 3 <= len(bank) <= 5
+    for ex in bank.values():
+        assert ex.checker(ex.right) is None, ex.key
+        assert ex.checker(ex.wrong) is not None, ex.key
+    with pytest.raises(ValueError, match="rows 'Uncal' and 'TempS'"):
+        exercises(table.drop("TempS"), 1.0)
+
+
+def test_pipeline_with_images_zips_a_store_with_its_data(tmp_path):
+    from segcal_lib import pipeline
+
+    spec = {"name": "synthetic", "split": "val", "size": [32, 48], "n": 3, "seed": 0}
+    data = pipeline.load_dataset(spec)
+    labels = torch.stack([data[i].label for i in range(3)])
+    z = torch.randn(3, data.num_classes, 32, 48)
+    store = LogitStore.from_arrays(tmp_path / "s", z, labels, meta={"data_spec": spec})
+    (lg, lb, im), = list(pipeline.with_images(store, batch_size=3))
+    assert torch.equal(im, torch.stack([data[i].image for i in range(3)])) and torch.equal(lb, labels)
+    with pytest.raises(ValueError, match="data spec"):
+        pipeline.with_images(LogitStore.from_arrays(tmp_path / "t", z, labels))

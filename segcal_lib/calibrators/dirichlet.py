@@ -27,7 +27,8 @@ class DirichletCalibration(_Affine):
     ----------
     reg_offdiag : float, default 1e-3; ODIR weight of the mean squared off-diagonal entry of W.
     reg_bias : float, default 1e-3; ODIR weight of the mean squared bias.
-    max_iter : int, default 200; L-BFGS iterations.
+    max_iter : int, default 100; L-BFGS iterations.
+    max_pixels : int, default 200_000; size of the pixel sample fitted on.
     (and those of :class:`~segcal_lib.calibrators.base.Calibrator`)
 
     Attributes

@@ -6,10 +6,11 @@ member on the images and returns ``log(mean of the probabilities)`` over the mem
 ``logits`` it was given. ``fit`` only records the class count and checks, on the first batch, that every member
 predicts that many classes at the size of the logits.
 
-Members are ``nn.Module`` segmentation models (run whole-image, in eval mode, without gradients, on the images'
-device) or any callable mapping images (N, 3, H, W) to logits (N, C, H, W), e.g. a sliding-window
-:func:`~segcal_lib.inference.predict_logits` wrapped in a lambda. They are not part of ``state_dict``: a saved
-ensemble is re-made with the same members. Averaging probabilities can change the arg-max (mIoU is reported).
+Members are ``nn.Module`` segmentation models (run whole-image by :func:`~segcal_lib.inference.predict_logits`, in
+eval mode, on the model's device) or any callable mapping images (N, 3, H, W) to logits (N, C, H, W), e.g. a
+sliding-window :func:`~segcal_lib.inference.predict_logits` wrapped in a lambda. They are not part of
+``state_dict``: a saved ensemble is re-made with the same members. Averaging probabilities can change the arg-max
+(mIoU is reported).
 
 >>> ens = make_calibrator("ensemble", members=[model_b, model_c]).fit(val_batches)   # doctest: +SKIP
 >>> probs = ens(test_logits, test_images).softmax(1)                                  # doctest: +SKIP
@@ -25,6 +26,7 @@ from torch import nn
 
 from segcal_lib.calibrators.base import Calibrator
 from segcal_lib.calibrators.registry import register_calibrator
+from segcal_lib.inference import predict_logits
 
 __all__ = ["Ensemble", "average_probabilities"]
 
@@ -75,31 +77,22 @@ class Ensemble(Calibrator):
         out = []
         with torch.no_grad():
             for m in self._members:
-                if isinstance(m, nn.Module):
-                    was_training = m.training
-                    m.eval()
-                    z = m(images)
-                    m.train(was_training)
-                else:
-                    z = m(images)
-                out.append(z)
+                # Modules run as the stored logits were computed (whole image, on the model's device).
+                out.append(predict_logits(m, images, out_device=images.device) if isinstance(m, nn.Module)
+                           else m(images))
         return out
 
     def _fit_batches(self, batches) -> int:
-        num_classes = None
-        for logits, _, images in batches:
-            if num_classes is None:
-                num_classes = logits.shape[1]
-                if self._members:
-                    if images is None:
-                        raise ValueError("Ensemble needs images (N, 3, H, W) in the batches to check its members")
-                    for z in self.member_logits(images[:1]):
-                        if tuple(z.shape[1:]) != tuple(logits.shape[1:]):
-                            raise ValueError(f"members must predict logits of shape {tuple(logits.shape[1:])} per "
-                                             f"image, got {tuple(z.shape[1:])}")
-        if num_classes is None:
-            raise ValueError("no batch to fit on")
-        return num_classes
+        for logits, _, images in batches:  # the first batch is enough: nothing is learned
+            if self._members:
+                if images is None:
+                    raise ValueError("Ensemble needs images (N, 3, H, W) in the batches to check its members")
+                for z in self.member_logits(images[:1]):
+                    if tuple(z.shape[1:]) != tuple(logits.shape[1:]):
+                        raise ValueError(f"members must predict logits of shape {tuple(logits.shape[1:])} per "
+                                         f"image, got {tuple(z.shape[1:])}")
+            return logits.shape[1]
+        raise ValueError("no batch to fit on")
 
     def _calibrate(self, logits, images):
         parts = ([logits] if self.include_input else []) + self.member_logits(images)

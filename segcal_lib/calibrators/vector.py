@@ -24,7 +24,8 @@ from segcal_lib.calibrators.registry import register_calibrator
 
 __all__ = ["MatrixScaling", "VectorScaling", "fit_affine", "odir_penalty"]
 
-LBFGS_MAX_ITER = 200
+LBFGS_MAX_ITER = 100
+DEFAULT_MAX_PIXELS = 200_000  # L-BFGS reads its sample ~100 times; 200k pixels pin down C^2 + C parameters
 
 
 def odir_penalty(weight: torch.Tensor, bias: torch.Tensor, reg_offdiag: float, reg_bias: float) -> torch.Tensor:
@@ -61,7 +62,7 @@ def fit_affine(x: torch.Tensor, y: torch.Tensor, matrix: bool, reg_offdiag: floa
     weight = (torch.eye(c, dtype=torch.float64) if matrix else torch.ones(c, dtype=torch.float64)).requires_grad_()
     bias = torch.zeros(c, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -80,8 +81,9 @@ class _Affine(Calibrator):
     preserves_argmax = False
     _matrix = False
 
-    def __init__(self, reg_offdiag: float = 0.0, reg_bias: float = 0.0, max_iter: int = LBFGS_MAX_ITER, **kw):
-        super().__init__(**kw)
+    def __init__(self, reg_offdiag: float = 0.0, reg_bias: float = 0.0, max_iter: int = LBFGS_MAX_ITER,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **kw):
+        super().__init__(max_pixels=max_pixels, **kw)
         for name, value in (("reg_offdiag", reg_offdiag), ("reg_bias", reg_bias)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -114,7 +116,8 @@ class VectorScaling(_Affine):
     Parameters
     ----------
     reg_bias : float, default 0; weight of an L2 penalty on the biases (ODIR's bias term).
-    max_iter : int, default 200; L-BFGS iterations.
+    max_iter : int, default 100; L-BFGS iterations.
+    max_pixels : int, default 200_000; size of the pixel sample fitted on.
     (and those of :class:`~segcal_lib.calibrators.base.Calibrator`)
 
     Attributes
@@ -134,7 +137,8 @@ class MatrixScaling(_Affine):
     ----------
     reg_offdiag : float, default 1e-3; weight of the mean squared off-diagonal entry of W (the diagonal is free).
     reg_bias : float, default 1e-3; weight of the mean squared bias.
-    max_iter : int, default 200; L-BFGS iterations.
+    max_iter : int, default 100; L-BFGS iterations.
+    max_pixels : int, default 200_000; size of the pixel sample fitted on.
     (and those of :class:`~segcal_lib.calibrators.base.Calibrator`)
 
     Attributes
