@@ -2,7 +2,8 @@
 
 ``p = w_1 softmax(z / T) + w_2 softmax(z) + w_3 / C`` with weights on the simplex (``w >= 0``, ``sum w = 1``). T is
 the temperature-scaling fit (NLL, :func:`~segcal_lib.calibrators.temperature.fit_inverse_temperature`); the weights
-then minimise the NLL of the mixture with T fixed, as in the authors' two-stage recipe. That NLL,
+are then fitted with T fixed, as in the authors' two-stage recipe (their code offers squared error or cross-entropy
+for this step; we minimise the NLL of the mixture, like every other calibrator here). That NLL,
 ``-mean log(w . q_i)`` with ``q_i`` the three components' probabilities of the true class, is convex in w, and
 EM's multiplicative update ``w_j <- mean_i w_j q_ij / (w . q_i)`` never raises it and keeps w on the simplex, so
 the weights converge to the global optimum without a step size.
