@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from segcal_lib.calibrators.evaluate import ImageBatches
 from segcal_lib.config import Profile, get_profile
 from segcal_lib.data.datasets import find_camvid, get_dataset
 from segcal_lib.data.shifts import SHIFTS
@@ -25,7 +26,7 @@ from segcal_lib.logit_store import LogitStore
 from segcal_lib.models import TrainConfig, config_key, train_or_load
 
 __all__ = ["DATASET_NAMES", "data_spec", "default_crop_size", "get_logits", "get_model", "load_dataset",
-           "train_config"]
+           "train_config", "with_images"]
 
 DATASET_NAMES = ("synthetic", "camvid", "folder")
 _SPLIT_SIZE = {"train": "n_train", "val": "n_val", "test": "n_test"}
@@ -167,3 +168,16 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
     spec = data_spec(cfg.data["name"], split, profile, shift, severity, **extra)
     return LogitStore.build_or_load(config_key(cfg), spec, spec["split"], model, lambda: load_dataset(spec),
                                     inference_kwargs=inference or {}, progress=progress)
+
+
+def with_images(store: LogitStore, batch_size: int = 8) -> ImageBatches:
+    """A store's ``(logits, labels, images)`` batches, the images read again from the data set the store names.
+
+    Calibrators that look at the image (local temperature scaling, ensembles) fit and apply on these; the store keeps
+    logits and labels only. Each pass checks that the data set's labels equal the stored ones.
+    """
+    spec = store.meta.get("data_spec")
+    if not isinstance(spec, dict):
+        raise ValueError(f"store must record the data spec it was computed on (meta['data_spec']), as stores made by "
+                         f"get_logits do; {store!r} has none")
+    return ImageBatches(store, load_dataset(spec), batch_size=batch_size)

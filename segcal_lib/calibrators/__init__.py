@@ -5,10 +5,40 @@
 >>> test_probs = cal(test_logits).softmax(1)                                               # doctest: +SKIP
 
 Every calibrator maps logits (N, C, H, W) to calibrated logits of the same shape (see :mod:`.base`). Importing this
-package registers every built-in calibrator.
+package registers every built-in calibrator:
+
+=============  ==========================================================  ================
+name           method                                                      keeps arg-max
+=============  ==========================================================  ================
+identity       the uncalibrated model                                      yes
+ts             temperature scaling (:mod:`.temperature`)                   yes
+vs / logs      vector scaling (:mod:`.vector`)                             no
+ms             matrix scaling with ODIR (:mod:`.vector`)                   no
+dirs           Dirichlet calibration with ODIR (:mod:`.dirichlet`)         no
+ets            ensemble temperature scaling (:mod:`.ets`)                  yes
+meta_cal       Meta-Cal* (:mod:`.meta_cal`)                                yes
+lts            local temperature scaling, needs images (:mod:`.lts`)       yes
+lts_image      its image-level variant (:mod:`.lts`)                       yes
+ensemble       mean probabilities of several models (:mod:`.ensemble`)     no
+histogram      histogram binning of the confidence (:mod:`.binning`)       no
+isotonic       isotonic regression of the confidence (:mod:`.binning`)     no
+=============  ==========================================================  ================
+
+:func:`~segcal_lib.calibrators.evaluate.compare_calibrators` fits several on a calibration split and measures them on
+a test split.
 """
 
-from segcal_lib.calibrators import temperature  # noqa: F401  (registers ts, identity)
+# Importing the modules registers their calibrators.
+from segcal_lib.calibrators import (  # noqa: F401
+    binning,
+    dirichlet,
+    ensemble,
+    ets,
+    lts,
+    meta_cal,
+    temperature,
+    vector,
+)
 from segcal_lib.calibrators.base import Calibrator, NotFittedError
 from segcal_lib.calibrators.registry import list_calibrators, make_calibrator, register_calibrator
 
