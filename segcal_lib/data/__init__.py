@@ -15,8 +15,9 @@ from segcal_lib.data.datasets import (
     ImageFolderSegmentation,
     camvid_sequence,
     default_camvid_root,
+    find_camvid,
     get_dataset,
-    shared_camvid_root,
+    read_image,
 )
 from segcal_lib.data.shifts import SHIFTS, apply_shift
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
@@ -24,5 +25,5 @@ from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, Synthet
 __all__ = [
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
     "CamVid", "ImageFolderSegmentation", "Sample", "SyntheticScenes", "apply_shift", "camvid_sequence",
-    "default_camvid_root", "get_dataset", "render_scene", "shared_camvid_root",
+    "default_camvid_root", "find_camvid", "get_dataset", "read_image", "render_scene",
 ]
