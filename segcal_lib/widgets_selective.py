@@ -22,7 +22,7 @@ from matplotlib.patches import Patch
 from segcal_lib.calibrators.selective import apply_selective_scaling
 from segcal_lib.metrics import CalibrationMeter
 
-__all__ = ["SelectiveExplorer"]
+__all__ = ["SelectiveExplorer", "before_after_figure"]
 
 IGNORE_INDEX = 255
 
@@ -94,6 +94,29 @@ class SelectiveExplorer:
                        loc="lower left", fontsize=8, framealpha=0.9)
         return axes
 
+    def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None):
+        """One row of :func:`before_after_figure`: the image, its errors, and :meth:`draw_image`'s three panels."""
+        from segcal_lib.plots import to_numpy_image
+
+        if axes is None:
+            _, axes = plt.subplots(1, 5, figsize=(12, 2.4))
+        valid = (self.labels[index] != IGNORE_INDEX).numpy()
+        wrong = (self.base_logits[index].argmax(0) != self.labels[index]).numpy()
+        if image is not None:
+            axes[0].imshow(to_numpy_image(image), interpolation="nearest")
+        axes[0].set_title("image", fontsize=9)
+        axes[0].axis("off")
+        colors = ["#f0f0f0", "#0072b2", "#7f7f7f"]
+        axes[1].imshow(np.where(~valid, 2, wrong.astype(int)), cmap=ListedColormap(colors), vmin=0, vmax=2,
+                       interpolation="nearest")
+        axes[1].set_title("errors of the prediction", fontsize=9)
+        axes[1].axis("off")
+        axes[1].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("right", "wrong", "ignored"),
+                                                                             strict=True)],
+                       loc="lower left", fontsize=8, framealpha=0.9)
+        self.draw_image(threshold, t_mis, index, axes[2:])
+        return axes
+
     def grid(self, thresholds: Sequence[float], t_mis_values: Sequence[float]) -> dict:
         """Image-wise ECE (len(t_mis_values), len(thresholds)) and the share flagged (len(thresholds),) on a grid."""
         ece = np.array([[self.evaluate(th, t)["image_ece"] for th in thresholds] for t in t_mis_values])
@@ -153,3 +176,13 @@ class SelectiveExplorer:
         box = w.VBox([w.HBox([th, lt, img]), text, out])
         box.controls = {"threshold": th, "log10_t_mis": lt, "image": img}
         return box
+
+
+def before_after_figure(explorer: SelectiveExplorer, indices: Sequence[int], images: Sequence | None = None,
+                        threshold: float = 0.5, t_mis: float = 1e10):
+    """Rows of (image, errors, confidence before, confidence after, flagged) for the images ``indices``."""
+    fig, axes = plt.subplots(len(indices), 5, figsize=(12.5, 2.5 * len(indices)), squeeze=False)
+    for row, i in zip(axes, indices, strict=True):
+        explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row)
+    fig.tight_layout()
+    return fig

@@ -8,8 +8,7 @@ Every calibrator maps logits (N, C, H, W) to calibrated logits of the same shape
 package registers every built-in calibrator.
 """
 
-from segcal_lib.calibrators import temperature  # noqa: F401  (registers ts, identity)
-from segcal_lib.calibrators import selective  # noqa: F401,I001  (registers selective; after its bases)
+from segcal_lib.calibrators import selective, temperature  # noqa: F401  (register selective; ts, identity)
 from segcal_lib.calibrators.base import Calibrator, NotFittedError
 from segcal_lib.calibrators.registry import list_calibrators, make_calibrator, register_calibrator
 

@@ -26,7 +26,8 @@ from segcal_lib.metrics import CalibrationMeter, SegmentationMeter, boundary_mas
 from segcal_lib.stats import paired_bootstrap_ci
 
 __all__ = ["BOUNDARY_SUBSETS", "OracleSelective", "batches_with_images", "estimate_selective_gain",
-           "evaluate_calibrators", "oracle_sweep", "selector_detection"]
+           "FlaggedStats", "evaluate_calibrators", "flagged_calibration", "oracle_sweep", "selective_flag_batches",
+           "selector_detection"]
 
 IGNORE_INDEX = 255
 BOUNDARY_SUBSETS: dict[str, Callable] = {
@@ -117,8 +118,8 @@ class OracleSelective:
     t_mis, t_cor : temperatures of flagged and unflagged pixels.
     seed : seeds the random misses and false alarms (a fresh generator on every :meth:`reset`).
 
-    Call it as ``oracle(logits, labels, images=None)``; it returns rescaled logits. It also counts the pixels it
-    flagged, for the precision actually reached: ``precision_``.
+    Call it as ``oracle(logits, labels, images=None)``; it returns rescaled logits. It also keeps the calibration of
+    the pixels it flagged (``stats_``, a :class:`FlaggedStats`) and the precision it reached (``precision_``).
     """
 
     def __init__(self, base: Calibrator | None = None, recall: float = 1.0, false_positive_rate: float = 0.0,
@@ -132,27 +133,29 @@ class OracleSelective:
 
     def reset(self) -> OracleSelective:
         self._gen = torch.Generator().manual_seed(self.seed)
-        self._tp = self._flagged = 0
+        self.stats_ = FlaggedStats()
         return self
 
     @property
     def precision_(self) -> float:
-        return self._tp / self._flagged if self._flagged else math.nan
+        """Share of the flagged pixels (so far) that are mispredicted."""
+        s = self.stats_
+        return 1 - s.hits / s.n_flag if s.n_flag else math.nan
 
     def flags(self, base_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bool (N, H, W): the degraded oracle's flags (never on ignored pixels)."""
         valid = labels != IGNORE_INDEX
         wrong = (base_logits.argmax(1) != labels) & valid
         u = torch.rand(labels.shape, generator=self._gen).to(labels.device)
-        flag = (wrong & (u < self.recall)) | (~wrong & valid & (u < self.false_positive_rate))
-        self._tp += int((flag & wrong).sum())
-        self._flagged += int(flag.sum())
-        return flag
+        return (wrong & (u < self.recall)) | (~wrong & valid & (u < self.false_positive_rate))
 
     @torch.no_grad()
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor | None = None):
         z = logits if self.base is None else self.base(logits, images)
-        return apply_selective_scaling(z, self.flags(z, labels), self.t_mis, self.t_cor)
+        flags = self.flags(z, labels)
+        out = apply_selective_scaling(z, flags, self.t_mis, self.t_cor)
+        self.stats_.update(z, out, flags, labels)
+        return out
 
 
 @torch.no_grad()
@@ -181,6 +184,64 @@ def selector_detection(cal, source, batch_size: int = 8, max_pixels: int = 4_000
     return detection_quality(q, wrong, cal.threshold)
 
 
+class FlaggedStats:
+    """Streaming calibration of the flagged pixels, before and after the scaling (the rule of thumb's ingredients).
+
+    ``update(base_logits, scaled_logits, flags, labels)`` per batch; ``compute()`` returns a dict:
+    ``flagged_share`` (of valid pixels), ``accuracy`` (of the base's argmax on flagged pixels: 1 minus the selector's
+    precision), ``confidence_before`` / ``confidence_after`` (mean top probability of flagged pixels, base and
+    scaled) and ``predicted_gain``: ``share * (|conf_before - acc| - |conf_after - acc|)``, the drop of the flagged
+    pixels' contribution to pooled ECE if they shared no bin with the others (positive: the rule predicts that
+    selective scaling helps).
+    """
+
+    def __init__(self):
+        self.n_valid = self.n_flag = self.hits = self.conf_before = self.conf_after = 0.0
+
+    @torch.no_grad()
+    def update(self, base_logits, scaled_logits, flags, labels) -> FlaggedStats:
+        valid = labels != IGNORE_INDEX
+        f = flags & valid
+        self.n_valid += float(valid.sum())
+        self.n_flag += float(f.sum())
+        self.hits += float(((base_logits.argmax(1) == labels) & f).sum())
+        self.conf_before += float(base_logits.float().softmax(1).amax(1)[f].double().sum())
+        self.conf_after += float(scaled_logits.float().softmax(1).amax(1)[f].double().sum())
+        return self
+
+    def compute(self) -> dict:
+        if self.n_flag == 0:
+            return {"flagged_share": 0.0, "accuracy": math.nan, "confidence_before": math.nan,
+                    "confidence_after": math.nan, "predicted_gain": 0.0}
+        acc, cb, ca = self.hits / self.n_flag, self.conf_before / self.n_flag, self.conf_after / self.n_flag
+        share = self.n_flag / self.n_valid
+        return {"flagged_share": share, "accuracy": acc, "confidence_before": cb, "confidence_after": ca,
+                "predicted_gain": share * (abs(cb - acc) - abs(ca - acc))}
+
+
+def flagged_calibration(batches) -> dict:
+    """:class:`FlaggedStats` over an iterable of ``(base_logits, scaled_logits, flags, labels)``."""
+    stats = FlaggedStats()
+    for batch in batches:
+        stats.update(*batch)
+    return stats.compute()
+
+
+def selective_flag_batches(cal, source, batch_size: int = 8):
+    """``(base_logits, scaled_logits, flags, labels)`` of a fitted selective calibrator on a split, for
+    :func:`flagged_calibration` (soft selectors: flags are ``P(mispredicted) > threshold``)."""
+    if hasattr(source, "iter_batches"):
+        source = source.iter_batches(batch_size)
+    for batch in source:
+        logits, labels = batch[0], batch[1]
+        images = batch[2] if len(batch) > 2 else None
+        with torch.no_grad():
+            z = cal.base(logits, images)
+            q = cal.mispredicted_proba(logits, images)
+            yield z, apply_selective_scaling(z, q, cal.t_mis_, cal.t_cor_, cal.soft, cal.threshold), \
+                q > cal.threshold, labels
+
+
 def estimate_selective_gain(cal_store, base: str = "ts", held_out: float = 0.3, seed: int = 0, n_bins: int = 10,
                             base_options: dict | None = None, progress: bool = False, **selective_options) -> dict:
     """Will selective scaling help this model? Measured on the calibration split alone.
@@ -200,7 +261,8 @@ def estimate_selective_gain(cal_store, base: str = "ts", held_out: float = 0.3, 
     -------
     dict: ``gain`` (image-wise ECE of the base minus that of selective scaling on the held-out images; positive =
     selective helps), ``gain_ci`` (95% paired bootstrap interval), ``base_ece``, ``selective_ece``, ``selector``
-    (detection quality on the held-out images), ``n_fit``, ``n_held_out`` and ``verdict``: ``"likely to help"``
+    (detection quality on the held-out images), ``flagged`` (:func:`flagged_calibration` on the held-out images: the
+    rule of thumb's prediction), ``n_fit``, ``n_held_out`` and ``verdict``: ``"likely to help"``
     (interval above 0), ``"likely to hurt"`` (below 0) or ``"no clear effect"``.
     """
     n = len(cal_store)
@@ -229,6 +291,7 @@ def estimate_selective_gain(cal_store, base: str = "ts", held_out: float = 0.3, 
     verdict = "likely to help" if lo > 0 else "likely to hurt" if hi < 0 else "no clear effect"
     return {"gain": gain, "gain_ci": (lo, hi), "base_ece": res["base"]["image_ece"],
             "selective_ece": res["selective"]["image_ece"], "selector": selector_detection(sel, batches(out_idx)),
+            "flagged": flagged_calibration(selective_flag_batches(sel, batches(out_idx))),
             "n_fit": len(fit_idx), "n_held_out": len(out_idx), "verdict": verdict}
 
 
@@ -238,10 +301,10 @@ def oracle_sweep(base: Calibrator | None, source_fn: Callable, settings: Sequenc
 
     ``source_fn()`` returns a fresh iterable of batches (the split is read once for all settings).
     Returns one dict per setting: ``recall``, ``false_positive_rate``, ``precision`` (reached), ``image_ece``,
-    ``pooled_ece``, ``nll`` and the per-image values ``image_eces``.
+    ``pooled_ece``, ``nll``, the per-image values ``image_eces`` and ``flagged`` (:meth:`FlaggedStats.compute`).
     """
     oracles = {f"{r}|{f}": OracleSelective(base, r, f, t_mis=t_mis, seed=seed) for r, f in settings}
     res = evaluate_calibrators(oracles, source_fn(), progress=progress)["metrics"]["all"]
     return [{"recall": o.recall, "false_positive_rate": o.false_positive_rate, "precision": o.precision_,
              "image_ece": res[k]["image_ece"], "pooled_ece": res[k]["ece"], "nll": res[k]["nll"],
-             "image_eces": res[k]["image_eces"]} for k, o in oracles.items()]
+             "image_eces": res[k]["image_eces"], "flagged": o.stats_.compute()} for k, o in oracles.items()]
