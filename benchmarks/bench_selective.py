@@ -67,9 +67,9 @@ def main() -> None:
     make_calibrator("ts", progress=False, max_pixels=n).fit(z, y)
     t_ts = time.perf_counter() - start
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     sel = make_calibrator("selective", base="ts", progress=False, max_pixels=n, device=str(device)).fit(z, y)
-    t_sel = time.perf_counter() - start
+    t_sel, cpu_sel = time.perf_counter() - start, time.process_time() - cpu
     train_pixels = n - round(n * sel.held_out)
     t_paper = paper_epoch_seconds(train_pixels, c, device) * PAPER_EPOCHS
 
@@ -79,7 +79,8 @@ def main() -> None:
           f"{t_sel:9.1f} {t_sel / t_ts:7.1f}")
     print(f"{'selector, paper recipe (40 epochs, 1 timed x 40)':48s} {t_paper:9.1f} {t_paper / t_ts:7.1f}")
     print(f"\nours / paper recipe: {t_sel / t_paper:.2f}; target: under 60 s on two CPU cores -> "
-          f"{'met' if t_sel < 60 else 'NOT met'} here ({t_sel:.1f} s)")
+          f"{'met' if t_sel < 60 else 'NOT met'} here ({t_sel:.1f} s wall, {cpu_sel:.1f} s of CPU time; on a shared "
+          f"machine the CPU time / {torch.get_num_threads()} threads is what two free cores would take)")
     q = sel.selector_quality_
     print(f"selector on held-out pixels: accuracy {q['accuracy']:.3f}, AUROC {q['auroc']:.3f}")
 
