@@ -22,6 +22,7 @@ lts_image      its image-level variant (:mod:`.lts`)                       yes
 ensemble       mean probabilities of several models (:mod:`.ensemble`)     no
 histogram      histogram binning of the confidence (:mod:`.binning`)       no
 isotonic       isotonic regression of the confidence (:mod:`.binning`)     no
+selective      selective scaling over any base (:mod:`.selective`)         yes
 =============  ==========================================================  ================
 
 :func:`~segcal_lib.calibrators.evaluate.compare_calibrators` fits several on a calibration split and measures them on
@@ -36,6 +37,7 @@ from segcal_lib.calibrators import (  # noqa: F401
     ets,
     lts,
     meta_cal,
+    selective,
     temperature,
     vector,
 )
