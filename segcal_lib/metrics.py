@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segcal_lib.ece_estimators import DEFAULT_FINE_BINS, ESTIMATORS, ImageBinSums
+
 __all__ = [
     "CalibrationMeter",
     "SegmentationMeter",
@@ -169,6 +171,10 @@ class CalibrationMeter:
     compute_dtype : dtype of the softmax and the per-pixel terms. float64 (default) makes the meter agree with a
         float64 computation to ~1e-12; float32 is faster and agrees to ~1e-6.
     validate : check shapes, label range, finiteness and (for probabilities) normalisation on every update.
+    estimators : other ECE estimators to report besides the plug-in one: any of ``"debiased"`` and ``"adaptive"``
+        (equal-mass bins); see :mod:`segcal_lib.ece_estimators`. They add keys ``<name>_ece``, ``<name>_image_ece``
+        and ``<name>_image_eces`` to :meth:`compute` and keep ``fine_bins`` sub-bins per image.
+    fine_bins : sub-bins kept per image for ``estimators`` (a multiple of ``n_bins``; default 1000).
 
     Examples
     --------
@@ -183,7 +189,8 @@ class CalibrationMeter:
 
     def __init__(self, num_classes: int, n_bins: int = 10, ignore_index: int = IGNORE_INDEX,
                  inputs: Literal["logits", "probs"] = "logits", classwise: bool = True,
-                 compute_dtype: torch.dtype = torch.float64, validate: bool = True):
+                 compute_dtype: torch.dtype = torch.float64, validate: bool = True, estimators: tuple = (),
+                 fine_bins: int = DEFAULT_FINE_BINS):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not isinstance(n_bins, int) or n_bins < 1:
@@ -194,6 +201,9 @@ class CalibrationMeter:
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
         self.num_classes, self.n_bins, self.ignore_index = num_classes, n_bins, ignore_index
         self.inputs, self.classwise, self.compute_dtype, self.validate = inputs, classwise, compute_dtype, validate
+        if isinstance(estimators, str) or not set(estimators) <= set(ESTIMATORS):
+            raise ValueError(f"estimators must be a tuple of names from {ESTIMATORS}, got {estimators!r}")
+        self.estimators, self.fine_bins = tuple(estimators), fine_bins
         self.reset()
 
     # ----------------------------------------------------------------------------------------------------- state
@@ -207,6 +217,8 @@ class CalibrationMeter:
         self.nll_sum, self.brier_sum = torch.zeros((), **z), torch.zeros((), **z)
         self.image_eces = torch.zeros(0, **z)  # one value per image with at least one valid pixel
         self.edges = torch.arange(b + 1, dtype=torch.float64, device=dev) / b
+        # Extra estimators (segcal_lib.ece_estimators) keep their own per-image state.
+        self.extra = ImageBinSums(b, self.fine_bins, dev) if self.estimators else None
         self._empty = True
         return self
 
@@ -214,6 +226,8 @@ class CalibrationMeter:
         """Move every state to ``device``."""
         for name in (*self._SUM_STATES, "image_eces", "edges"):
             setattr(self, name, getattr(self, name).to(device))
+        if self.extra is not None:
+            self.extra.to(device)
         return self
 
     @property
@@ -275,6 +289,8 @@ class CalibrationMeter:
         self.bin_hits += per_img[2].sum(0)
         has_pixels = per_img[0].sum(1) > 0
         self.image_eces = torch.cat([self.image_eces, _ece_from_sums(*per_img)[has_pixels]])
+        if self.extra is not None:
+            self.extra.add(_bin_index(conf, self.extra.edges.to(conf.dtype)), w, conf, (pred == y) & valid)
         self.nll_sum -= (logp_y.to(f64) * w).sum()
         self.brier_sum += (brier.to(f64) * w).sum()
         if self.classwise:
@@ -287,17 +303,19 @@ class CalibrationMeter:
 
     # --------------------------------------------------------------------------------------------------- combine
     def _settings(self) -> tuple:
-        return self.num_classes, self.n_bins, self.ignore_index, self.inputs, self.classwise
+        return self.num_classes, self.n_bins, self.ignore_index, self.inputs, self.classwise, self.estimators
 
     def merge(self, other: CalibrationMeter) -> CalibrationMeter:
         """Add the states of ``other`` (same settings) into this meter, as if its batches had been seen here."""
         if not isinstance(other, CalibrationMeter) or other._settings() != self._settings():
             theirs = other._settings() if isinstance(other, CalibrationMeter) else type(other).__name__
             raise ValueError(f"can only merge a CalibrationMeter with the same (num_classes, n_bins, ignore_index, "
-                             f"inputs, classwise) = {self._settings()}, got {theirs}")
+                             f"inputs, classwise, estimators) = {self._settings()}, got {theirs}")
         for name in self._SUM_STATES:
             getattr(self, name).add_(getattr(other, name).to(self.device))
         self.image_eces = torch.cat([self.image_eces, other.image_eces.to(self.device)])
+        if self.extra is not None:
+            self.extra.merge(other.extra)
         self._empty = self._empty and other._empty
         return self
 
@@ -313,6 +331,8 @@ class CalibrationMeter:
         for name in self._SUM_STATES:
             dist.all_reduce(getattr(self, name), group=group)
         self.image_eces = _all_gather_variable(self.image_eces, group)
+        if self.extra is not None:
+            self.extra.sums = _all_gather_variable(self.extra.sums.flatten(), group).view(-1, 3, self.fine_bins)
         return self
 
     # --------------------------------------------------------------------------------------------------- results
@@ -355,6 +375,8 @@ class CalibrationMeter:
                    image_eces=ie.cpu().numpy(), classwise_ece_per_class=cw.cpu().numpy(),
                    reliability={"bin_edges": self.edges.cpu().numpy(), "count": self.bin_count.cpu().numpy(),
                                 "confidence": bin_conf.cpu().numpy(), "accuracy": bin_acc.cpu().numpy()})
+        if self.extra is not None:
+            res.update(self.extra.compute(self.estimators))
         return res
 
     def __repr__(self) -> str:

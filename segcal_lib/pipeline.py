@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from segcal_lib.config import Profile, get_profile
 from segcal_lib.data.datasets import get_dataset
@@ -74,9 +74,17 @@ def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = N
     """The profile's main model for ``dataset_name``, trained or loaded from the cache; returns (model, config).
 
     ``overrides`` change fields of the :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``).
+    When the model is trained, its training curves (loss and mIoU on the whole images of the ``val`` split and of as
+    many ``train`` images) are recorded in ``model.train_meta["history"]["curves"]``.
     """
     cfg = train_config(dataset_name, profile, **overrides)
-    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress)
+
+    def eval_sets():
+        val = load_dataset(data_spec(dataset_name, "val", profile))
+        train = load_dataset(cfg.data)
+        return {"train": Subset(train, range(min(len(val), len(train)))), "val": val}
+
+    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress, eval_sets=eval_sets)
     return model, cfg
 
 
