@@ -195,16 +195,20 @@ def prediction_figure(rows: Sequence[Mapping], class_names: Sequence[str], palet
                 ax.imshow(arr, interpolation="nearest")
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
-    if im is not None:
-        fig.colorbar(im, ax=axes[:, cols.index("confidence")], fraction=0.05, pad=0.02, shrink=0.8).ax.tick_params(
-            labelsize=8)
-    names = list(class_names) + ["ignore"] + ["correct", "wrong"] * (not labels_only) + ["in subset"] * bool(extra)
+    names = list(class_names) + ["ignore"] + ["correct", "wrong"] * (not labels_only)
+    names += [" / ".join(extra)] * bool(extra)
     colors = [tuple(c) for c in np.asarray(palette)] + [IGNORE_COLOR]
     colors += [_YES_NO["correct"], _YES_NO["wrong"]] * (not labels_only) + [(0, 0, 0)] * bool(extra)
     legend_rows = -(-len(names) // 4)
     fig.subplots_adjust(left=0.01, right=0.97 if im is None else 0.9, top=1 - 0.3 / height,
                         bottom=(0.22 * legend_rows + 0.1) / height, wspace=0.05, hspace=0.08)
     _legend_patches(names, colors, ncol=4, fig=fig)
+    if im is not None:  # the confidence scale, at the right edge (a colour bar beside a column squeezes the maps)
+        top, bottom = 1 - 0.3 / height, (0.22 * legend_rows + 0.1) / height
+        cax = fig.add_axes((0.92, bottom + 0.1 * (top - bottom), 0.015, 0.8 * (top - bottom)))
+        bar = fig.colorbar(im, cax=cax)
+        bar.set_label("confidence", fontsize=8)
+        bar.ax.tick_params(labelsize=8)
     return fig
 
 
