@@ -63,11 +63,38 @@ class Exercise:
     def hint(self) -> None:
         print(f"Hint: {self.hint_text}")
 
-    def show(self) -> None:
-        """Display the statement (Markdown in a notebook, text elsewhere)."""
-        from segcal_lib.report import say
+    def show(self, with_solution: bool = True) -> None:
+        """Display the statement and, collapsed under it, the solution.
 
-        say(f"**Exercise ({self.key}).** {self.statement}")
+        In a notebook the output carries two forms: HTML with a ``<details>`` block (what Jupyter and Colab show)
+        and MyST Markdown with a ``:::{admonition} Solution`` / ``:class: dropdown`` block (what the built book
+        shows, ``nb_mime_priority_overrides`` in ``_config.yml``). Elsewhere the statement is printed.
+        """
+        statement = f"**Exercise ({self.key}).** {self.statement}"
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:  # plain Python
+            get_ipython = None
+        if get_ipython is None or get_ipython() is None:
+            print(statement)
+            return
+        markdown, html = statement, _to_html(statement)
+        if with_solution:
+            markdown += f"\n\n:::{{admonition}} Solution\n:class: dropdown\n\n{self.solution}\n:::\n"
+            html += f"<details><summary><b>Solution</b></summary>{_to_html(self.solution)}</details>"
+        display({"text/markdown": markdown, "text/html": html}, raw=True)
+
+
+def _to_html(markdown: str) -> str:
+    """Markdown to HTML for Jupyter's view (markdown-it comes with the book extra; plain text otherwise)."""
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:
+        import html
+
+        return f"<p>{html.escape(markdown)}</p>"
+    return MarkdownIt().render(markdown)
 
 
 def numeric(expected: float, rel_tol: float = 0.0, abs_tol: float = 0.0, explain: str = "") -> Checker:

@@ -40,7 +40,8 @@ from segcal_lib.checks import (
     check_positive_int,
     check_scores,
 )
-from segcal_lib.meter_base import Meter
+from segcal_lib.ece_estimators import DEFAULT_FINE_BINS, ESTIMATORS, ImageBinSums
+from segcal_lib.meter_base import Meter, _all_gather_variable
 from segcal_lib.metrics_fused import PRECISIONS, calibration_sums, first_argmax
 from segcal_lib.metrics_fused import bin_index as _bin_index
 
@@ -192,6 +193,10 @@ class CalibrationMeter(Meter):
     backend : ``"auto"`` (default), ``"fused"`` or ``"reference"``. ``"fused"`` (:mod:`segcal_lib.metrics_fused`)
         computes every per-pixel term tile by tile without (N, C, H, W) temporaries; ``"reference"`` is the plain
         PyTorch computation it is tested against. ``"auto"`` picks ``"fused"``, which runs on every device.
+    estimators : other ECE estimators to report besides the plug-in one: any of ``"debiased"`` and ``"adaptive"``
+        (equal-mass bins); see :mod:`segcal_lib.ece_estimators`. They add keys ``<name>_ece``, ``<name>_image_ece``
+        and ``<name>_image_eces`` to :meth:`compute` and keep ``fine_bins`` sub-bins per image.
+    fine_bins : sub-bins kept per image for ``estimators`` (a multiple of ``n_bins``; default 1000).
 
     Examples
     --------
@@ -208,7 +213,8 @@ class CalibrationMeter(Meter):
                  inputs: Literal["logits", "probs"] = "logits", classwise: bool = True,
                  compute_dtype: torch.dtype | None = None, validate: bool = True,
                  precision: Literal["exact", "fast"] | None = None,
-                 backend: Literal["auto", "fused", "reference"] = "auto"):
+                 backend: Literal["auto", "fused", "reference"] = "auto", estimators: tuple = (),
+                 fine_bins: int = DEFAULT_FINE_BINS):
         num_classes = check_num_classes(num_classes)
         n_bins = check_positive_int(n_bins, "n_bins")
         check_ignore_index(ignore_index, num_classes)
@@ -220,6 +226,9 @@ class CalibrationMeter(Meter):
         self.backend = "fused" if backend == "auto" else backend
         self.num_classes, self.n_bins, self.ignore_index = num_classes, n_bins, ignore_index
         self.inputs, self.classwise, self.validate = inputs, classwise, validate
+        if isinstance(estimators, str) or not set(estimators) <= set(ESTIMATORS):
+            raise ValueError(f"estimators must be a tuple of names from {ESTIMATORS}, got {estimators!r}")
+        self.estimators, self.fine_bins = tuple(estimators), fine_bins
         b, c, f64 = n_bins, (num_classes if classwise else 0), torch.float64
         for name in ("bin_count", "bin_conf", "bin_hits"):
             self.add_state(name, torch.zeros(b, dtype=f64))
@@ -236,6 +245,26 @@ class CalibrationMeter(Meter):
         first update's device when the meter is empty (see :mod:`segcal_lib.meter_base`)."""
         super().reset(device)
         self.edges = torch.arange(self.n_bins + 1, dtype=torch.float64, device=self.device) / self.n_bins
+        # Extra estimators (segcal_lib.ece_estimators) keep their own per-image state.
+        self.extra = ImageBinSums(self.n_bins, self.fine_bins, self.device) if self.estimators else None
+        return self
+
+    def to(self, device: torch.device | str) -> CalibrationMeter:
+        super().to(device)
+        if self.extra is not None:
+            self.extra.to(self.device)
+        return self
+
+    def merge(self, other: CalibrationMeter) -> CalibrationMeter:
+        super().merge(other)
+        if self.extra is not None:
+            self.extra.merge(other.extra)
+        return self
+
+    def sync(self, group=None) -> CalibrationMeter:
+        super().sync(group)
+        if self.extra is not None:
+            self.extra.sums = _all_gather_variable(self.extra.sums.flatten(), group).view(-1, 3, self.fine_bins)
         return self
 
     # ---------------------------------------------------------------------------------------------------- update
@@ -284,6 +313,13 @@ class CalibrationMeter(Meter):
         self.image_eces = torch.cat([self.image_eces, _ece_from_sums(*per_img)[has_pixels]])
         self.nll_sum += nll
         self.brier_sum += brier
+        if self.extra is not None:
+            # The extra estimators need each pixel's confidence and correctness once more (an option, off by default).
+            s = scores.to(dev).flatten(2).to(self.compute_dtype)
+            p = s.softmax(1) if self.inputs == "logits" else s
+            conf, pred = p.max(1).values, first_argmax(p)
+            self.extra.add(_bin_index(conf, self.extra.edges.to(conf.dtype)), valid.to(torch.float64), conf,
+                           (pred == y) & valid)
         if self.classwise:
             self.cw_count += cw[0]
             self.cw_conf += cw[1]
@@ -291,7 +327,7 @@ class CalibrationMeter(Meter):
 
     # --------------------------------------------------------------------------------------------------- combine
     def _settings(self) -> tuple:
-        return self.num_classes, self.n_bins, self.ignore_index, self.inputs, self.classwise
+        return self.num_classes, self.n_bins, self.ignore_index, self.inputs, self.classwise, self.estimators
 
     # --------------------------------------------------------------------------------------------------- results
     def compute(self) -> dict:
@@ -333,6 +369,8 @@ class CalibrationMeter(Meter):
                    image_eces=ie.cpu().numpy(), classwise_ece_per_class=cw.cpu().numpy(),
                    reliability={"bin_edges": self.edges.cpu().numpy(), "count": self.bin_count.cpu().numpy(),
                                 "confidence": bin_conf.cpu().numpy(), "accuracy": bin_acc.cpu().numpy()})
+        if self.extra is not None:
+            res.update(self.extra.compute(self.estimators))
         return res
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from segcal_lib.calibrators.evaluate import ImageBatches
 from segcal_lib.config import Profile, get_profile
@@ -140,12 +140,23 @@ def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = N
     """The profile's main model for ``dataset_name``, trained or loaded from the cache; returns (model, config).
 
     ``data`` holds extra data-spec fields (a folder needs ``root=``); ``overrides`` change fields of the
-    :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``).
+    :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``). When the model is trained, its training
+    curves (loss and mIoU on the whole images of the ``val`` split and of as many ``train`` images) are recorded in
+    ``model.train_meta["history"]["curves"]``.
 
     >>> model, cfg = get_model("folder", data={"root": "my_data"})  # with my_data/splits.json  # doctest: +SKIP
     """
     cfg = train_config(dataset_name, profile, data=data, **overrides)
-    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress)
+
+    def eval_sets():
+        train = load_dataset(cfg.data)
+        try:
+            val = load_dataset(data_spec(dataset_name, "val", profile, **dict(data or {})))
+        except ValueError:  # a folder split without a val part: curves on training images only
+            return {"train": Subset(train, range(min(16, len(train))))}
+        return {"train": Subset(train, range(min(len(val), len(train)))), "val": val}
+
+    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress, eval_sets=eval_sets)
     return model, cfg
 
 

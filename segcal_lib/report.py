@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from segcal_lib.stats import bootstrap_ci
 
-__all__ = ["calibration_table", "compare_phrase", "confidence_verdict", "fmt_ci", "glue", "paper_comparison",
-           "ratio_phrase", "say"]
+__all__ = ["bin_table", "calibration_table", "compare_phrase", "confidence_verdict", "fmt_ci", "glue",
+           "paper_comparison", "ratio_phrase", "say", "subset_table"]
 
 CI_LEVEL = 0.95
 
@@ -100,6 +101,65 @@ def calibration_table(results: Mapping[str, Mapping], miou: Mapping[str, float] 
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "method"
+    return table
+
+
+def bin_table(result: Mapping) -> pd.DataFrame:
+    """One row per non-empty bin of ``CalibrationMeter.compute()``: its share of pixels, mean confidence, accuracy,
+    gap and its share of the pooled ECE (the shares of ECE add up to 1)."""
+    rel = result["reliability"]
+    count = np.asarray(rel["count"], dtype=float)
+    conf, acc, edges = np.asarray(rel["confidence"]), np.asarray(rel["accuracy"]), np.asarray(rel["bin_edges"])
+    keep = count > 0
+    share = count / count.sum()
+    contrib = share * np.abs(acc - conf)
+    table = pd.DataFrame({
+        "bin": [f"[{lo:.1f}, {hi:.1f})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
+        "share of pixels": share.round(4), "confidence": conf.round(4), "accuracy": acc.round(4),
+        "accuracy − confidence": (acc - conf).round(4),
+        "share of pooled ECE": (contrib / np.nansum(contrib)).round(3) if np.nansum(contrib) > 0 else 0.0,
+    })[keep]
+    return table.set_index("bin")
+
+
+def _difference_ci(a, b, seed: int) -> tuple[float, float, float]:
+    """Mean of ``a`` minus mean of ``b`` with a bootstrap interval resampling each set of images independently."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    rng = np.random.default_rng(seed)
+    diffs = (a[rng.integers(0, a.size, (2000, a.size))].mean(1) - b[rng.integers(0, b.size, (2000, b.size))].mean(1))
+    lo, hi = np.quantile(diffs, [(1 - CI_LEVEL) / 2, (1 + CI_LEVEL) / 2])
+    return float(a.mean() - b.mean()), float(lo), float(hi)
+
+
+def subset_table(model: Mapping[str, Mapping], standin: Mapping[str, Mapping], seed: int = 0,
+                 digits: int = 3) -> pd.DataFrame:
+    """Image-wise ECE of pixel subsets for a model and for its calibrated stand-in, and the excess of the model.
+
+    Parameters
+    ----------
+    model, standin : {subset name: ``CalibrationMeter.compute()``} for the model (real labels) and for the stand-in
+        (labels drawn from the model's own probabilities, :func:`segcal_lib.standin.sample_calibrated_labels`); the
+        stand-in's subsets are defined with its own labels (e.g. *its* mispredicted pixels).
+    seed : bootstrap seed.
+
+    Returns
+    -------
+    DataFrame indexed by subset: the model's number of pixels in the subset and their accuracy, its image-wise
+    ECE with a 95% bootstrap interval over images, the stand-in's, and ``excess`` (model − stand-in) with an
+    interval from resampling both sets of images. The excess, not the model's value, is the miscalibration.
+    """
+    if set(model) != set(standin):
+        raise ValueError(f"model and standin must name the same subsets, got {sorted(model)} and {sorted(standin)}")
+    rows = {}
+    for name, res in model.items():
+        m, s = bootstrap_ci(res["image_eces"], seed=seed), bootstrap_ci(standin[name]["image_eces"], seed=seed)
+        d = _difference_ci(res["image_eces"], standin[name]["image_eces"], seed)
+        rows[name] = {"pixels": res["n_pixels"], "accuracy": round(res["accuracy"], 3),
+                      "model image-wise ECE": fmt_ci(*m, digits=digits),
+                      "stand-in image-wise ECE": fmt_ci(*s, digits=digits),
+                      "excess (model − stand-in)": fmt_ci(*d, digits=digits)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "subset"
     return table
 
 

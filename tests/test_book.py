@@ -68,6 +68,10 @@ def test_every_citation_is_in_the_bibliography():
 def test_book_builds_without_warnings(tmp_path):
     # Execution off: the chapters are executed by nbmake; here only the rendering, references and citations are checked.
     config = dict(CONFIG, execute=dict(CONFIG["execute"], execute_notebooks="off"))
+    # Local extensions are found relative to the config file: point them at the repository's book/_ext.
+    sphinx = dict(CONFIG["sphinx"])
+    sphinx["local_extensions"] = {k: str(ROOT / v) for k, v in sphinx["local_extensions"].items()}
+    config["sphinx"] = sphinx
     (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
     exe = Path(sys.executable).parent / "jupyter-book"
     run = subprocess.run([str(exe), "build", str(ROOT), "--config", str(tmp_path / "_config.yml"),
@@ -76,5 +80,29 @@ def test_book_builds_without_warnings(tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     html = tmp_path / "_build" / "html"
     assert (html / "index.html").exists() or (html / "book" / "intro.html").exists()
-    assert "Guo" in (html / "book" / "bibliography.html").read_text()
+    bib = (html / "book" / "bibliography.html").read_text()
+    assert "Guo et al. 2017" in bib, "author-year labels (book/_ext/bib_labels.py) are not used"
+    notation = (html / "book" / "notation.html").read_text()
+    assert "_static/mathjax/tex-chtml.js" in notation and (html / "_static" / "mathjax" / "tex-chtml.js").exists()
     assert (html / "chapters" / "01_calibration_basics.html").exists()
+
+
+def test_every_clone_instruction_names_the_repository():
+    url = CONFIG["repository"]["url"]
+    for page in [ROOT / "README.md", *(ROOT / "book").glob("*.md")]:
+        for line in page.read_text().splitlines():
+            if "git clone" in line:
+                assert url in line, f"{page.name}: a clone instruction without the repository URL: {line.strip()}"
+    assert "git clone" in (ROOT / "book" / "how_to_run.md").read_text()
+
+
+def test_no_page_points_readers_to_files_they_do_not_have():
+    texts = [p.read_text() for p in (ROOT / "book").glob("*.md")]
+    texts += [source(c) for nb in CHAPTERS for c in json.loads(nb.read_text())["cells"]]
+    assert not [t for t in texts if "shared/reference" in t], "the book links to ../shared/reference (not shipped)"
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_code_lines_fit_the_column(nb):
+    long = [line for c in cells(nb, "code") for line in source(c).splitlines() if len(line) > 88]
+    assert not long, f"{nb.name}: code lines over 88 characters: {long[:3]}"

@@ -21,7 +21,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -98,7 +98,8 @@ def _attach(model: nn.Module, key: str, meta: dict) -> nn.Module:
 
 def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
                   device: torch.device | str | None = None, progress: bool = True, root: str | Path | None = None,
-                  force: bool = False, num_workers: int | None = None, verbose: bool = True) -> nn.Module:
+                  force: bool = False, num_workers: int | None = None, verbose: bool = True,
+                  eval_sets: Mapping[str, Dataset] | Callable[[], Mapping[str, Dataset]] | None = None) -> nn.Module:
     """Return the model ``cfg`` describes: loaded from the cache when present, else trained and cached.
 
     Parameters
@@ -117,6 +118,9 @@ def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
     :class:`~segcal_lib.fileio.CacheCorruptionWarning` and retrained.
     num_workers : DataLoader workers for training (default: 0 on a CPU, up to 8 on a GPU).
     verbose : print one line saying whether the model was loaded or trained.
+    eval_sets : {name: Dataset} (or a zero-argument callable returning it) evaluated during training for the
+        training curves (``train_meta["history"]["curves"]``); not part of the cache key, since evaluating does not
+        change what is trained.
 
     Returns
     -------
@@ -149,7 +153,8 @@ def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
         if verbose:
             print(f"training {key} ({cfg.iters} iters, batch {cfg.batch_size}, crop {cfg.crop_size}) on {device} ...")
         data = dataset() if callable(dataset) and not isinstance(dataset, Dataset) else dataset
-        model, history = train(cfg, data, device=device, progress=progress, num_workers=num_workers)
+        evals = eval_sets() if callable(eval_sets) else eval_sets
+        model, history = train(cfg, data, device=device, progress=progress, num_workers=num_workers, eval_sets=evals)
         meta = {
             "key": key,
             "config": cfg.to_dict(),
@@ -165,7 +170,9 @@ def train_or_load(cfg: TrainConfig, dataset: Dataset | Callable[[], Dataset], *,
             "final_loss": history["final_loss"],
             "num_params": history["num_params"],
             "pretrained_loaded": history["pretrained_loaded"],
-            "history": {"loss": history["loss"], "lr": history["lr"]},
+            "eval_time_s": history["eval_time_s"],
+            "history": {"loss": history["loss"], "lr": history["lr"], **({"curves": history["curves"]}
+                                                                          if "curves" in history else {})},
         }
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         # An old metadata file must not vouch for the new checkpoint while it is being replaced.

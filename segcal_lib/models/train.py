@@ -32,7 +32,7 @@ from segcal_lib.config import Profile, get_device, get_profile, seed_everything
 from segcal_lib.data.base import IGNORE_INDEX
 from segcal_lib.models.segnet import count_parameters, create_model, get_model_config
 
-__all__ = ["TrainConfig", "augment", "poly_lr_factor", "train", "train_model"]
+__all__ = ["TrainConfig", "augment", "evaluate", "loss_plateau", "poly_lr_factor", "train", "train_model"]
 
 # Datasets whose samples take less than this (as 8-bit images) are read once and kept in memory: synthetic scenes are
 # generated on the fly and real images decoded from disk, both slower than a training step on a GPU (2000 full-profile
@@ -299,8 +299,75 @@ def _estimated_bytes(dataset: Dataset) -> int:
     return len(dataset) * (image.numel() + label.numel())  # both kept as 8-bit
 
 
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, device: torch.device | str | None = None,
+             batch_size: int = 16) -> dict:
+    """Mean cross-entropy over the valid pixels of ``dataset`` (whole images) and its mIoU.
+
+    Used for the training curves; it leaves the model in the mode it found it in and draws no random numbers, so
+    evaluating during training does not change what is trained.
+
+    Returns
+    -------
+    dict with ``loss`` (float, mean over valid pixels) and ``miou`` (float, fraction; classes absent from both labels
+    and predictions are left out, as in :class:`~segcal_lib.metrics.SegmentationMeter`).
+    """
+    from segcal_lib.metrics import SegmentationMeter  # metrics is a floor below; imported here to keep start-up light
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    meter, loss_sum, n_valid = None, 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i][:2] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([im for im, _ in items]).float().to(device)
+        labels = torch.stack([lb for _, lb in items]).long().to(device)
+        logits = model(images).float()
+        meter = meter or SegmentationMeter(logits.shape[1])
+        valid = labels != IGNORE_INDEX
+        loss_sum += F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum").item()
+        n_valid += int(valid.sum())
+        meter.update(logits.argmax(1).cpu(), labels.cpu())
+    model.train(was_training)
+    return {"loss": loss_sum / max(n_valid, 1), "miou": meter.compute()["miou"]}
+
+
+def loss_plateau(loss, tail: float = 0.2, rel_tol: float = 0.02, smooth: int | None = None) -> dict:
+    """Has a training loss curve plateaued? The book's definition, in code.
+
+    The per-step loss is smoothed by a moving average over ``smooth`` steps (default: 5% of the steps); the curve has
+    plateaued when the smoothed loss fell by less than ``rel_tol`` (relative) over the last ``tail`` of the steps.
+
+    Parameters
+    ----------
+    loss : sequence of per-step losses (``history["loss"]``).
+    tail : fraction of the steps at the end over which the drop is measured (default 0.2).
+    rel_tol : largest relative drop that still counts as a plateau (default 0.02, i.e. 2%).
+    smooth : window of the moving average in steps.
+
+    Returns
+    -------
+    dict with ``plateaued`` (bool), ``rel_drop`` (float: relative drop of the smoothed loss over the tail), ``start``
+    and ``end`` (the smoothed loss at the start and the end of the tail), ``tail_steps``, ``smooth``, ``rel_tol``.
+    """
+    x = torch.as_tensor(list(loss), dtype=torch.float64)
+    if x.ndim != 1 or x.numel() < 20:
+        raise ValueError(f"loss must be a 1-D sequence of at least 20 steps, got {tuple(x.shape)}")
+    if not 0 < tail < 1 or rel_tol < 0:
+        raise ValueError(f"tail must lie in (0, 1) and rel_tol be >= 0, got tail={tail!r}, rel_tol={rel_tol!r}")
+    smooth = smooth or max(1, round(0.05 * x.numel()))
+    kernel = torch.ones(1, 1, smooth, dtype=torch.float64) / smooth
+    smoothed = F.conv1d(x[None, None], kernel)[0, 0]  # smoothed[i] averages steps i .. i + smooth - 1
+    tail_steps = max(1, round(tail * x.numel()))
+    start, end = smoothed[-1 - min(tail_steps, smoothed.numel() - 1)].item(), smoothed[-1].item()
+    drop = (start - end) / start if start > 0 else 0.0
+    return {"plateaued": drop < rel_tol, "rel_drop": drop, "start": start, "end": end, "tail_steps": tail_steps,
+            "smooth": smooth, "rel_tol": rel_tol}
+
+
 def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device: torch.device | str | None = None,
-                progress: bool = True, num_workers: int | None = None, cache_in_memory: bool | None = None) -> dict:
+                progress: bool = True, num_workers: int | None = None, cache_in_memory: bool | None = None,
+                eval_sets: Mapping[str, Dataset] | None = None, eval_every: int | None = None) -> dict:
     """Train ``model`` in place on ``dataset`` as ``cfg`` says; leave it in eval mode on ``device``.
 
     Parameters
@@ -314,11 +381,16 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
     num_workers : DataLoader workers (reading the data and augmenting); the result does not depend on it. Default: 0
         on a CPU (the training step needs the cores), up to 8 on a GPU.
     cache_in_memory : read the data set once into memory (default: when its 8-bit images take under 4 GiB).
+    eval_sets : optional {name: Dataset} evaluated (whole images, :func:`evaluate`) every ``eval_every`` steps and
+        after the last one, for the training curves. Evaluation does not change what is trained.
+    eval_every : steps between evaluations (default: a twentieth of ``cfg.iters``).
 
     Returns
     -------
-    history : dict with ``loss`` and ``lr`` (lists, one entry per step), ``train_time_s``, ``steps_per_s``, ``iters``,
-        ``final_loss`` (mean loss of the last 5% of steps) and ``num_params``.
+    history : dict with ``loss`` and ``lr`` (lists, one entry per step), ``train_time_s`` (without evaluation),
+        ``eval_time_s``, ``steps_per_s``, ``iters``, ``final_loss`` (mean loss of the last 5% of steps),
+        ``num_params`` and, with ``eval_sets``, ``curves``: {``step``: [...], ``<name>_loss``: [...],
+        ``<name>_miou``: [...]}.
     """
     _check_dataset(dataset, cfg)
     device = torch.device(device) if device is not None else get_device()
@@ -344,6 +416,22 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
 
     losses, lrs, pending = [], [], []
     running = None
+    eval_sets = dict(eval_sets or {})
+    eval_every = eval_every or max(1, cfg.iters // 20)
+    curves = {"step": [], **{f"{n}_{k}": [] for n in eval_sets for k in ("loss", "miou")}}
+    eval_time = 0.0
+
+    def record(step):
+        nonlocal eval_time
+        t0 = time.perf_counter()
+        curves["step"].append(step)
+        for name, data in eval_sets.items():
+            for k, v in evaluate(model, data, device).items():
+                curves[f"{name}_{k}"].append(v)
+        eval_time += time.perf_counter() - t0
+
+    if eval_sets:
+        record(0)
     start = time.perf_counter()
     bar = tqdm(loader, total=cfg.iters, desc=f"train {cfg.model}", disable=not progress, dynamic_ncols=True)
     for step, (images, labels) in enumerate(bar):
@@ -373,17 +461,23 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
                 running = value if running is None else 0.95 * running + 0.05 * value
             losses.extend(values)
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{lrs[-1]:.2e}", refresh=False)
+        if eval_sets and ((step + 1) % eval_every == 0 or step == cfg.iters - 1):
+            record(step + 1)
     bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - eval_time
     model.eval()
     tail = losses[-max(1, len(losses) // 20):]
-    return {"loss": losses, "lr": lrs, "iters": len(losses), "train_time_s": elapsed,
-            "steps_per_s": len(losses) / max(elapsed, 1e-9), "final_loss": sum(tail) / len(tail),
-            "num_params": count_parameters(model)}
+    history = {"loss": losses, "lr": lrs, "iters": len(losses), "train_time_s": elapsed, "eval_time_s": eval_time,
+               "steps_per_s": len(losses) / max(elapsed, 1e-9), "final_loss": sum(tail) / len(tail),
+               "num_params": count_parameters(model)}
+    if eval_sets:
+        history["curves"] = curves
+    return history
 
 
 def train(cfg: TrainConfig, dataset: Dataset, *, device: torch.device | str | None = None, progress: bool = True,
-          num_workers: int | None = None, cache_in_memory: bool | None = None) -> tuple[nn.Module, dict]:
+          num_workers: int | None = None, cache_in_memory: bool | None = None,
+          eval_sets: Mapping[str, Dataset] | None = None, eval_every: int | None = None) -> tuple[nn.Module, dict]:
     """Seed with ``cfg.seed``, create ``cfg.model`` and train it; return ``(model, history)``.
 
     The model is in eval mode on ``device``; ``history`` is as in :func:`train_model`, plus ``pretrained_loaded``.
@@ -392,6 +486,6 @@ def train(cfg: TrainConfig, dataset: Dataset, *, device: torch.device | str | No
     seed_everything(cfg.seed)
     model = create_model(cfg.model, cfg.num_classes, pretrained=cfg.pretrained)
     history = train_model(model, dataset, cfg, device=device, progress=progress, num_workers=num_workers,
-                          cache_in_memory=cache_in_memory)
+                          cache_in_memory=cache_in_memory, eval_sets=eval_sets, eval_every=eval_every)
     history["pretrained_loaded"] = bool(model.pretrained_loaded)
     return model, history
