@@ -73,10 +73,10 @@ class SelectiveExplorer:
         """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes."""
         if axes is None:
             _, axes = plt.subplots(1, 3, figsize=(9, 2.6))
-        before = self.base_logits[index].softmax(0).max(0).values.numpy()
-        after = self.scaled(threshold, t_mis, index)[0].softmax(0).max(0).values.numpy()
-        valid = (self.labels[index] != IGNORE_INDEX).numpy()
-        flag = (self.mis_score[index] > threshold).numpy()
+        before = self.base_logits[index].softmax(0).max(0).values.cpu().numpy()
+        after = self.scaled(threshold, t_mis, index)[0].softmax(0).max(0).values.cpu().numpy()
+        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
+        flag = (self.mis_score[index] > threshold).cpu().numpy()
         # Three categories for the yes/no map, each with a legend entry (ignored pixels in grey).
         cat = np.where(~valid, 2, flag.astype(int))
         for ax, arr, title in ((axes[0], before, "confidence, base"),
@@ -100,8 +100,8 @@ class SelectiveExplorer:
 
         if axes is None:
             _, axes = plt.subplots(1, 5, figsize=(12, 2.4))
-        valid = (self.labels[index] != IGNORE_INDEX).numpy()
-        wrong = (self.base_logits[index].argmax(0) != self.labels[index]).numpy()
+        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
+        wrong = (self.base_logits[index].argmax(0) != self.labels[index]).cpu().numpy()
         if image is not None:
             axes[0].imshow(to_numpy_image(image), interpolation="nearest")
         axes[0].set_title("image", fontsize=9)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
+from segcal_lib.config import get_profile
 from segcal_lib.data import IGNORE_INDEX, SHIFTS, Sample, SyntheticScenes, apply_shift, render_scene
 from segcal_lib.data.synthetic import (
     BICYCLIST,
@@ -98,7 +99,9 @@ def test_metadata_matches_camvid():
 
 def test_n_defaults_from_the_profile(monkeypatch):
     monkeypatch.setenv("SEGCAL_PROFILE", "fast")
-    assert (len(SyntheticScenes("train")), len(SyntheticScenes("val")), len(SyntheticScenes("test"))) == (192, 48, 48)
+    fast = get_profile("fast")
+    assert (len(SyntheticScenes("train")), len(SyntheticScenes("val")), len(SyntheticScenes("test"))) == (
+        fast.n_train, fast.n_val, fast.n_test)
 
 
 # -------------------------------------------------------------------------------------------------- scene content

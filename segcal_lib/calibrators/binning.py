@@ -139,8 +139,8 @@ class IsotonicCalibration(_TopLabelBinning):
 
     def _fit_map(self, conf, correct):
         # Equal confidences (common: the logits are stored in float16) must get one value: pool them first.
-        c, inverse, count = np.unique(conf.numpy(), return_inverse=True, return_counts=True)
-        hits = np.bincount(inverse, weights=correct.numpy(), minlength=len(c))
+        c, inverse, count = np.unique(conf.cpu().numpy(), return_inverse=True, return_counts=True)
+        hits = np.bincount(inverse, weights=correct.cpu().numpy(), minlength=len(c))
         fitted = pool_adjacent_violators(hits / count, count)
         start = np.r_[True, fitted[1:] != fitted[:-1]]  # first confidence of each step
         self.knots_ = torch.from_numpy(c[start].copy())
