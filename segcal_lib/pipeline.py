@@ -35,7 +35,8 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
     """A JSON-serialisable description of a data split at the profile's sizes (it names the data in cache keys).
 
     Synthetic scenes take the profile's image size and image counts; CamVid takes the profile's image size and all
-    images of the split (``extra`` may narrow it, e.g. ``domain="dusk"`` or ``n=50``).
+    images of the split (``extra`` may narrow it, e.g. ``domain="dusk"`` or ``n=50``). ``shift`` and ``severity``
+    name a shift or corruption of the images (:func:`segcal_lib.data.list_shifts`) for either data set.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}")
@@ -45,10 +46,8 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
         if split not in _SPLIT_SIZE:
             raise ValueError(f"split must be one of {sorted(_SPLIT_SIZE)}, got {split!r}")
         spec.update(n=getattr(p, _SPLIT_SIZE[split]), seed=0)
-        if shift is not None:
-            spec.update(shift=shift, severity=severity)
-    elif shift is not None:
-        raise ValueError("shift applies to synthetic scenes; for CamVid use domain='dusk' or 'day'")
+    if shift is not None:  # a shift or corruption of the images (segcal_lib.data.list_shifts), any data set
+        spec.update(shift=shift, severity=severity)
     spec.update(extra)
     return spec
 
@@ -89,7 +88,7 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
     ----------
     model, cfg : as returned by :func:`get_model`.
     split : "val" (the calibration split), "test", or "train".
-    shift, severity : a named synthetic domain shift (see :mod:`segcal_lib.data.shifts`).
+    shift, severity : a named shift or corruption of the images (:func:`segcal_lib.data.list_shifts`), 1..5.
     inference : keyword arguments of :func:`segcal_lib.inference.predict_logits` (whole image by default).
     extra : passed on to :func:`data_spec` (e.g. ``domain="dusk"`` for CamVid).
     """

@@ -1,4 +1,5 @@
-"""Data sets: procedural street scenes (the embedded default), their domain shifts, and readers of real folders.
+"""Data sets: procedural street scenes (the embedded default), domain shifts and common corruptions (one registry,
+:func:`list_shifts`), and readers of real folders.
 
 >>> from segcal_lib.data import SyntheticScenes
 >>> ds = SyntheticScenes("train", n=4)
@@ -6,7 +7,9 @@
 (torch.Size([3, 96, 128]), torch.int64)
 """
 
+from segcal_lib.data import corruptions  # noqa: F401  (registers blur, gaussian_noise, brightness, contrast, jpeg)
 from segcal_lib.data.base import IGNORE_INDEX, Sample
+from segcal_lib.data.corruptions import CORRUPTIONS
 from segcal_lib.data.datasets import (
     CAMVID_DOMAINS,
     CAMVID_SEQUENCES,
@@ -18,11 +21,12 @@ from segcal_lib.data.datasets import (
     get_dataset,
     shared_camvid_root,
 )
-from segcal_lib.data.shifts import SHIFTS, apply_shift
+from segcal_lib.data.shifts import SHIFTS, ShiftedDataset, apply_shift, list_shifts
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
 
 __all__ = [
-    "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "SHIFTS",
-    "CamVid", "ImageFolderSegmentation", "Sample", "SyntheticScenes", "apply_shift", "camvid_sequence",
-    "default_camvid_root", "get_dataset", "render_scene", "shared_camvid_root",
+    "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "CORRUPTIONS", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES",
+    "PALETTE", "SHIFTS", "CamVid", "ImageFolderSegmentation", "Sample", "ShiftedDataset", "SyntheticScenes",
+    "apply_shift", "camvid_sequence", "default_camvid_root", "get_dataset", "list_shifts", "render_scene",
+    "shared_camvid_root",
 ]
