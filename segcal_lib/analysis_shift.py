@@ -36,9 +36,9 @@ from segcal_lib.metrics import CalibrationMeter, SegmentationMeter
 from segcal_lib.models import TrainConfig, train_or_load
 from segcal_lib.stats import DEFAULT_N_BOOT, bootstrap_ci, paired_bootstrap_ci
 
-__all__ = ["CAMVID_REAL_SHIFT", "DEFAULT_SEVERITIES", "available_calibrators", "camvid_day_model",
-           "fit_calibrators", "method_label", "paper_table2", "plot_severity_curves", "selector_table",
-           "shift_sweep", "sweep", "table2"]
+__all__ = ["CAMVID_REAL_SHIFT", "DEFAULT_SEVERITIES", "available_calibrators", "camvid_day_model", "camvid_frames",
+           "fit_calibrators", "gains_table", "method_label", "paper_table2", "plot_severity_curves", "selector_table",
+           "selector_vs_gain", "severity_trend", "shift_sweep", "sweep", "table2"]
 
 DEFAULT_SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE = "identity"  # the uncalibrated model: every gain is measured against it
@@ -325,6 +325,52 @@ def selector_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _verdict(low: float, high: float, reference_low: float, reference_high: float) -> str:
+    if low > reference_high:
+        return "higher"
+    if high < reference_low:
+        return "lower"
+    return "within noise"
+
+
+def gains_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Each calibrator against Uncal on each test set: image-wise ECE difference (calibrator minus Uncal, paired 95%
+    interval over images) and a verdict, "lower" / "higher" when the interval excludes 0, else "within noise"."""
+    _check_frame(df)
+    d = df[df["metric"] == "delta_image_ece"]
+    out = d[["test_set", "method", "value", "low", "high"]].rename(columns={"value": "delta image-wise ECE"})
+    out["verdict"] = [_verdict(lo, hi, 0.0, 0.0) for lo, hi in zip(out["low"], out["high"], strict=True)]
+    return out.reset_index(drop=True)
+
+
+def severity_trend(df: pd.DataFrame, calibrator: str = REFERENCE, metric: str = "image_ece") -> pd.DataFrame:
+    """Per shift: ``metric`` of one calibrator in-domain and at the highest severity swept, their ratio, and whether
+    the highest-severity value is "higher" or "lower" beyond both 95% intervals (else "within noise")."""
+    _check_frame(df)
+    d = df[(df["calibrator"] == calibrator) & (df["metric"] == metric)]
+    base = d[d["test_set"] == IN_DOMAIN]
+    if base.empty:
+        raise ValueError(f"df has no in-domain {metric} for calibrator {calibrator!r}")
+    b = base.iloc[0]
+    rows = []
+    for shift, part in d[d["kind"].isin(["shift", "corruption"])].groupby("shift", sort=False):
+        top = part.loc[part["severity"].astype(float).idxmax()]
+        rows.append({"shift": shift, "severity": int(top["severity"]), "in-domain": b["value"],
+                     "shifted": top["value"], "ratio": top["value"] / b["value"],
+                     "verdict": _verdict(top["low"], top["high"], b["low"], b["high"])})
+    return pd.DataFrame(rows)
+
+
+def selector_vs_gain(df: pd.DataFrame) -> pd.DataFrame:
+    """For calibrators that report selector quality: one row per (test set, method) with the ``selector_*``
+    metrics and the image-wise ECE change against Uncal (``delta image-wise ECE``); empty when none reports."""
+    sel = selector_table(df)
+    if sel.empty:
+        return sel
+    gains = gains_table(df).set_index(["test_set", "method"])["delta image-wise ECE"]
+    return sel.join(gains, how="left")
+
+
 # ------------------------------------------------------------------------------------------------------ figures
 
 def plot_severity_curves(df: pd.DataFrame, metric: str = "image_ece", shifts: Sequence[str] | None = None,
@@ -374,6 +420,23 @@ def plot_severity_curves(df: pd.DataFrame, metric: str = "image_ece", shifts: Se
 
 
 # ------------------------------------------------------------------------------------------------------ CamVid
+
+def camvid_frames(profile: Profile | str | None = None) -> pd.DataFrame:
+    """The exact CamVid frames of the real-shift experiment: role, split, count, frames per sequence, first and
+    last frame name (needs CamVid on disk)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    roles = {"model training (daylight)": ("train", CAMVID_REAL_SHIFT["train"]),
+             "calibration (daylight)": ("val", {}), "test, in-domain (daylight)": ("test", CAMVID_REAL_SHIFT["test"])}
+    roles.update({f"test, shifted: {k}": ("test", v) for k, v in CAMVID_REAL_SHIFT["shifted"].items()})
+    rows = []
+    for role, (split, extra) in roles.items():
+        ds = pipeline.load_dataset(pipeline.data_spec("camvid", split, p, **extra))
+        seqs = pd.Series(ds.sequences).value_counts(sort=False).to_dict()
+        rows.append({"role": role, "split": split, "frames": len(ds),
+                     "sequences": ", ".join(f"{k} ({v})" for k, v in seqs.items()),
+                     "first": ds.names[0], "last": ds.names[-1]})
+    return pd.DataFrame(rows).set_index("role")
+
 
 def camvid_day_model(profile: Profile | str | None = None, *, progress: bool = True) -> tuple[nn.Module, TrainConfig]:
     """The profile's CamVid model trained on the daylight train frames only (all but the dusk sequence 0001TP),

@@ -7,6 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +212,38 @@ def test_bad_requests_are_rejected(tiny, kw, match):
         ash.sweep(model, cfg, {}, profile=p)
     with pytest.raises(ValueError, match="df must be"):
         ash.table2(pd.DataFrame({"value": [1.0]}))
+
+
+def test_gains_trends_and_selector_joins_follow_the_frame(swept):
+    df, _ = swept
+    g = ash.gains_table(df)
+    assert set(g["method"]) == {"TempS", "toy_selective"} and len(g) == 2 * 5
+    for _, r in g.iterrows():
+        assert r["low"] <= r["delta image-wise ECE"] <= r["high"]
+        assert r["verdict"] == ("lower" if r["high"] < 0 else "higher" if r["low"] > 0 else "within noise")
+    t = ash.severity_trend(df)
+    assert list(t["shift"]) == SHIFTS and (t["severity"] == max(SEVERITIES)).all()
+    ece = df[(df["calibrator"] == "identity") & (df["metric"] == "image_ece")].set_index("test_set")
+    fog = t.set_index("shift").loc["fog"]
+    assert fog["shifted"] == ece.loc["fog 4", "value"] and fog["in-domain"] == ece.loc["in-domain", "value"]
+    assert fog["ratio"] == pytest.approx(fog["shifted"] / fog["in-domain"])
+    disjoint = ece.loc["fog 4", "low"] > ece.loc["in-domain", "high"] or ece.loc["fog 4", "high"] < ece.loc[
+        "in-domain", "low"]
+    assert (fog["verdict"] != "within noise") == disjoint
+    sv = ash.selector_vs_gain(df)
+    assert list(sv.columns) == ["accuracy", "n_pixels", "delta image-wise ECE"] and len(sv) == 5
+    with pytest.raises(ValueError, match="in-domain"):
+        ash.severity_trend(df[df["test_set"] != "in-domain"])
+
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared/data/camvid"
+
+
+@pytest.mark.skipif(not (CAMVID / "train").is_dir(), reason="CamVid not on disk")
+def test_camvid_real_shift_frames(monkeypatch):
+    monkeypatch.setenv("SEGCAL_CAMVID", str(CAMVID))
+    f = ash.camvid_frames("fast")
+    assert f["frames"].tolist() == [305, 101, 171, 62]
+    assert f.loc["model training (daylight)", "sequences"] == "0006R0 (101), 0016E5 (204)"
+    assert f["sequences"].iloc[2:].tolist() == ["Seq05VD (171)", "0001TP (62)"]
+    assert "0001TP" not in f.loc["model training (daylight)", "sequences"]
