@@ -112,8 +112,8 @@ def fit_calibrators(store: LogitStore, calibrators=None, *, dataset=None, progre
     dict name -> fitted calibrator, ``identity`` first.
     """
     cals = _as_calibrators(calibrators, dataset is not None, progress)
-    for cal in cals.values():
-        cal.fit(list(_batches(store, dataset if cal.needs_images else None)))
+    for cal in cals.values():  # streamed: one batch in memory at a time
+        cal.fit(_batches(store, dataset) if cal.needs_images else store)
     return cals
 
 
