@@ -16,7 +16,7 @@ import time
 
 from segcal_lib import pipeline
 from segcal_lib.config import describe, get_profile
-from segcal_lib.data.datasets import shared_camvid_root
+from segcal_lib.data.datasets import find_camvid
 from segcal_lib.metrics import CalibrationMeter, SegmentationMeter
 
 
@@ -64,7 +64,7 @@ def main() -> None:
           f"{args.iters or p.train_iters} steps of batch {p.batch_size}")
     rows = []
     for dataset in args.datasets:
-        if dataset == "camvid" and shared_camvid_root() is None:
+        if dataset == "camvid" and find_camvid() is None:
             print("camvid: not on this machine, skipped")
             continue
         extra = ({f"test-{d}": {"split": "test", "domain": d} for d in ("dusk", "day")} if dataset == "camvid"

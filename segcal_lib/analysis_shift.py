@@ -220,7 +220,7 @@ def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], 
         data = None
         if with_images and any(c.needs_images for c in cals.values()):
             extra = {k: v for k, v in kw.items() if k not in ("shift", "severity", "inference")}
-            spec = pipeline.data_spec(name, "test", p, kw.get("shift"), kw.get("severity", 0), **extra)
+            spec = pipeline.data_spec(name, "test", p, kw.get("shift"), kw.get("severity"), **extra)
             data = pipeline.load_dataset(spec)
         info = dict(_test_set_info(label, kw), n_images=len(store))
         for row in evaluate(store, cals, dataset=data, n_boot=n_boot, seed=seed):

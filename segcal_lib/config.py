@@ -2,7 +2,7 @@
 
 Every chapter reads its sizes from :func:`get_profile`, so the same notebook runs in about two minutes on two CPU cores
 (``fast``) and at realistic sizes on a GPU (``full``). The profile is chosen by ``SEGCAL_PROFILE`` and otherwise by the
-device: ``full`` when a GPU is present, ``fast`` otherwise.
+device: ``full`` when a CUDA GPU is present, ``fast`` otherwise (Apple MPS included).
 """
 
 from __future__ import annotations
@@ -72,13 +72,17 @@ PROFILES: dict[str, Profile] = {
 
 
 def has_gpu() -> bool:
-    """True when CUDA (or Apple MPS) is usable."""
-    mps = getattr(torch.backends, "mps", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available())
+    """True when CUDA is usable: the only accelerator that picks the ``full`` profile by default.
+
+    Apple MPS is not counted: it is used for models when present (:func:`get_device`), but it lacks float64, so the
+    meters keep their sums on the CPU there, and the full profile's training was sized for a CUDA GPU with mixed
+    precision. Set ``SEGCAL_PROFILE=full`` to run it on MPS anyway.
+    """
+    return torch.cuda.is_available()
 
 
 def profile_name() -> str:
-    """The active profile name: ``SEGCAL_PROFILE`` if set, else ``full`` on a GPU and ``fast`` on a CPU."""
+    """The active profile name: ``SEGCAL_PROFILE`` if set, else ``full`` on a CUDA GPU and ``fast`` otherwise."""
     name = os.environ.get(PROFILE_ENV, "").strip().lower()
     if not name:
         return "full" if has_gpu() else "fast"

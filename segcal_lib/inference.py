@@ -33,7 +33,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-__all__ = ["predict_dataset", "predict_logits", "window_starts"]
+from segcal_lib.checks import check_images, check_labels, check_positive_int, check_scales
+
+__all__ = ["predict_dataset", "predict_logits", "window_settings", "window_starts"]
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -45,11 +47,36 @@ def _pair(value, name: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def window_settings(mode: str, crop_size, stride) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Validated ``(crop, stride)`` pairs (height, width) of a sliding-window mode, with the default stride (two
+    thirds of the crop) filled in; ``(None, None)`` for ``mode="whole"``, which takes neither."""
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "whole":
+        if crop_size is not None or stride is not None:
+            raise ValueError("crop_size and stride apply to mode='slide'; mode='whole' runs on whole images")
+        return None, None
+    if crop_size is None:
+        raise ValueError("crop_size is required when mode='slide'")
+    crop = _pair(crop_size, "crop_size")
+    strides = _pair(stride, "stride") if stride is not None else tuple(max(1, 2 * c // 3) for c in crop)
+    if strides[0] > crop[0] or strides[1] > crop[1]:
+        raise ValueError(f"stride {strides} must not exceed crop_size {crop}: windows would leave gaps")
+    return crop, strides
+
+
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
     """Start offsets of windows of size ``crop`` stepping by ``stride`` over ``length``; the last ends at ``length``.
 
-    ``length`` must be at least ``crop`` (pad first). ``window_starts(10, 4, 3) == [0, 3, 6]``.
+    ``length`` must be at least ``crop`` (pad first) and ``1 <= stride <= crop``, so that consecutive windows overlap
+    or touch and every pixel of ``[0, length)`` is covered at least once. The starts are strictly increasing, the
+    first is 0 and the last is ``length - crop``. ``window_starts(10, 4, 3) == [0, 3, 6]``.
     """
+    for name, value in (("length", length), ("crop", crop), ("stride", stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if stride > crop:
+        raise ValueError(f"stride ({stride}) must not exceed crop ({crop}): windows would leave gaps")
     if length < crop:
         raise ValueError(f"length ({length}) must be at least crop ({crop}); pad the image first")
     n = max(math.ceil((length - crop) / stride), 0) + 1
@@ -128,31 +155,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mode: str = "whole", 
     -------
     logits : float32 tensor (N, C, H, W) on ``out_device``.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor (N, 3, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}")
-    if images.numel() and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images must have values in [0, 1] (models normalise internally), got range "
-                         f"[{images.min().item():.3g}, {images.max().item():.3g}]")
-    if mode not in ("whole", "slide"):
-        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    check_images(images)
     if average not in ("logits", "probs"):
         raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(not s > 0 for s in scales):
-        raise ValueError(f"scales must be a non-empty sequence of positive numbers, got {scales!r}")
-    crop = strides = None
-    if mode == "slide":
-        if crop_size is None:
-            raise ValueError("crop_size is required when mode='slide'")
-        crop = _pair(crop_size, "crop_size")
-        strides = _pair(stride, "stride") if stride is not None else tuple(max(1, 2 * c // 3) for c in crop)
-        if strides[0] > crop[0] or strides[1] > crop[1]:
-            raise ValueError(f"stride {strides} must not exceed crop_size {crop}: windows would leave gaps")
+    check_positive_int(batch_size, "batch_size")
+    scales = tuple(check_scales(scales))
+    crop, strides = window_settings(mode, crop_size, stride)
 
     device = torch.device(device) if device is not None else _model_device(model)
     n, _, h, w = images.shape
@@ -242,6 +250,7 @@ def predict_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 8, pro
             if image.dim() != 3 or label.shape != image.shape[-2:]:
                 raise ValueError(f"dataset item {i}: image must be (3, H, W) and label (H, W), got "
                                  f"{tuple(image.shape)} and {tuple(label.shape)}")
+            check_labels(label, None, name=f"dataset item {i} ({name}): label")
             if pending and (image.shape != pending[0][0].shape or len(pending) == batch_size):
                 yield flush(pending)
                 bar.update(len(pending))

@@ -4,11 +4,19 @@ Layout of one store (a folder under ``cache_dir("logits")``)::
 
     logits.npy   float16 (N, C, H, W)   read with numpy memory-mapping, so nothing is loaded until used
     labels.npy   uint8   (N, H, W)      train ids, 255 = ignore
-    meta.json    class names, shapes, image names, inference settings, model key, data spec, creation time, ...
+    meta.json    class names, shapes, image names, inference settings, model key, data spec, creation time, and
+                 ``files``: the size and SHA-256 of logits.npy and labels.npy
 
-A store is keyed by the model key, the data spec, the split and the inference settings. It is built in a temporary
-folder that is renamed into place when complete (so a store that exists is whole), under an ``fcntl`` lock so that two
-notebooks asking for the same store compute it once.
+A store is keyed by the model key, the data spec, the split and the inference settings (canonicalised: split aliases
+resolved, window sizes as (height, width) pairs with the default stride filled in, scales as floats). It is built in a
+temporary folder that is renamed into place when complete (so a store that exists is whole), under an ``fcntl`` lock
+so that two notebooks asking for the same store compute it once.
+
+Opening a store validates it: the metadata must parse and hold its keys, the recorded sizes and SHA-256 digests must
+match (a truncated or changed file is caught before it is mapped), and logits, labels, names and the recorded shape
+must agree. A failure raises :class:`~segcal_lib.fileio.CorruptCacheError` naming the file; :meth:`LogitStore.
+build_or_load` reports it (a :class:`~segcal_lib.fileio.CacheCorruptionWarning`) and rebuilds the store. A store
+written by hand in this format without ``files`` opens with the shape checks only; the cache never uses one.
 
 Logits are rounded to float16 on writing (about 3 significant digits; enough for calibration, halving the disk). Every
 reader sees the rounded values, so fitting and evaluation agree.
@@ -35,14 +43,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import segcal_lib
+from segcal_lib.checks import check_logits_labels, check_scales
 from segcal_lib.config import cache_dir
-from segcal_lib.data.base import IGNORE_INDEX
-from segcal_lib.fileio import file_lock
-from segcal_lib.inference import predict_dataset
+from segcal_lib.data.base import IGNORE_INDEX, data_identity
+from segcal_lib.data.synthetic import SPLIT_ALIASES
+from segcal_lib.fileio import CacheMiss, CorruptCacheError, load_or_build, read_entry, write_entry
+from segcal_lib.inference import predict_dataset, window_settings
 
 __all__ = ["INFERENCE_DEFAULTS", "LogitStore", "store_key"]
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: file checksums in meta.json
+_REQUIRED_META = ("shape", "names", "num_classes")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 # The inference settings that change the logits, with their defaults; the key hashes the completed dict, so leaving a
@@ -60,10 +71,14 @@ def _normalise_settings(inference_kwargs: Mapping | None) -> dict:
                          f"{sorted(INFERENCE_DEFAULTS) + list(_NOT_KEYED)}")
     settings = dict(INFERENCE_DEFAULTS)
     settings.update({k: v for k, v in kwargs.items() if k not in _NOT_KEYED})
-    settings["scales"] = [float(s) for s in settings["scales"]]
-    for k in ("crop_size", "stride"):
-        if isinstance(settings[k], tuple):
-            settings[k] = list(settings[k])
+    settings["scales"] = check_scales(settings["scales"])
+    crop, stride = window_settings(settings["mode"], settings["crop_size"], settings["stride"])
+    settings["crop_size"] = list(crop) if crop else None
+    settings["stride"] = list(stride) if stride else None
+    if settings["average"] not in ("logits", "probs"):
+        raise ValueError(f"average must be 'logits' or 'probs', got {settings['average']!r}")
+    if len(settings["scales"]) == 1 and not settings["flip"]:
+        settings["average"] = "logits"  # one view: both ways of averaging give the model's logits unchanged
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
@@ -71,11 +86,18 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:80]
 
 
-def store_key(model_key: str, data_spec: Any, split: str, inference_kwargs: Mapping | None = None) -> str:
-    """Folder name of a store: ``<model_key>--<split>--<hash of all four and the library version>``."""
+def store_key(model_key: str, data_spec: Any, split: str, inference_kwargs: Mapping | None = None,
+              data_identity: Mapping | None = None) -> str:
+    """Folder name of a store: ``<model_key>--<split>--<hash of all of these and the library version>``.
+
+    ``data_identity`` (a data set's ``fingerprint()``: folders, file names and sizes) is hashed too when given.
+    """
+    split = SPLIT_ALIASES.get(split, split)
     payload = {"model": model_key, "data": data_spec, "split": split,
                "inference": _normalise_settings(inference_kwargs), "version": segcal_lib.__version__,
                "format": STORE_FORMAT}
+    if data_identity is not None:
+        payload["data_identity"] = data_identity
     try:
         blob = json.dumps(payload, sort_keys=True)
     except TypeError as exc:
@@ -100,11 +122,31 @@ class LogitStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not (self.path / "meta.json").exists():
+            if self.path.is_dir():  # stores are renamed into place whole, so a store folder without it is damaged
+                raise CorruptCacheError(self.path / "meta.json", "file is missing")
             raise ValueError(f"path must be a LogitStore folder with meta.json, got {str(self.path)!r}")
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.logits = np.load(self.path / "logits.npy", mmap_mode="r")
-        self.labels = np.load(self.path / "labels.npy", mmap_mode="r")
+        self.meta = read_entry(self.path / "meta.json", _REQUIRED_META, strict=False)
+        self.logits = self._map("logits.npy", np.float16, 4)
+        self.labels = self._map("labels.npy", np.uint8, 3)
+        n, _, h, w = self.logits.shape
+        if self.labels.shape != (n, h, w):
+            raise CorruptCacheError(self.path / "labels.npy", f"shape {self.labels.shape} does not match logits.npy "
+                                                              f"{self.logits.shape} (expected {(n, h, w)})")
+        if list(self.meta["shape"]) != list(self.logits.shape) or len(self.meta["names"]) != n:
+            raise CorruptCacheError(self.path / "meta.json", f"records shape {self.meta['shape']} and "
+                                                             f"{len(self.meta['names'])} names for logits.npy of "
+                                                             f"shape {self.logits.shape}")
         self._correct: np.ndarray | None = None
+
+    def _map(self, name: str, dtype, ndim: int) -> np.ndarray:
+        path = self.path / name
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as exc:  # missing, truncated (mmap length), or not an .npy file
+            raise CorruptCacheError(path, f"cannot be read as .npy ({exc})") from None
+        if arr.dtype != dtype or arr.ndim != ndim:
+            raise CorruptCacheError(path, f"holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} with {ndim} dims")
+        return arr
 
     # ---------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -240,6 +282,10 @@ class LogitStore:
         exist. Labels must be in [0, C) or 255; logits must be finite and within the float16 range.
         """
         path = Path(path)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n!r}")
+        if n == 0:
+            raise ValueError("the data set is empty (n=0): a logit store needs at least one image")
         if path.exists():
             raise ValueError(f"path must not exist yet, got existing {str(path)!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,10 +297,7 @@ class LogitStore:
             for logits, labels, batch_names in batches:
                 logits = torch.as_tensor(logits)
                 labels = torch.as_tensor(labels)
-                if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0] \
-                        or logits.shape[-2:] != labels.shape[-2:]:
-                    raise ValueError(f"batches must hold logits (B, C, H, W) and labels (B, H, W), got "
-                                     f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+                check_logits_labels(logits, labels, finite=False)  # finiteness and range are checked below in float32
                 b, c, h, w = logits.shape
                 if logits_mm is None:
                     if c > IGNORE_INDEX:
@@ -266,15 +309,11 @@ class LogitStore:
                                      f"set to one size), got {(c, h, w)} for {batch_names[:1]}")
                 if len(names) + b > n:
                     raise ValueError(f"batches hold more than n={n} images")
-                bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= c))
-                if bool(bad.any()):
-                    raise ValueError(f"labels must be in [0, {c}) or {IGNORE_INDEX}, got values "
-                                     f"{torch.unique(labels[bad])[:5].tolist()}")
                 full = logits.detach().to("cpu", torch.float32)
                 if b and not (torch.isfinite(full).all() and full.abs().max() <= FLOAT16_MAX):
                     raise ValueError(f"logits must be finite and within +-{FLOAT16_MAX:g} (float16), got "
                                      f"non-finite values in {batch_names[:1]}")
-                logits_mm[len(names):len(names) + b] = full.half().numpy()
+                logits_mm[len(names):len(names) + b] = full.half().cpu().numpy()
                 labels_mm[len(names):len(names) + b] = labels.cpu().numpy().astype(np.uint8)
                 names.extend(str(s) for s in batch_names)
             if len(names) != n:
@@ -288,7 +327,7 @@ class LogitStore:
                     "class_names": list(class_names) if class_names is not None else None, "names": names,
                     "ignore_index": IGNORE_INDEX, "logits_dtype": "float16", "labels_dtype": "uint8"}
             info.update(meta or {})
-            (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+            write_entry(tmp / "meta.json", [tmp / "logits.npy", tmp / "labels.npy"], info)
             os.rename(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +353,8 @@ class LogitStore:
         ----------
         model_key : identifies the model's weights (e.g. ``model.cache_key`` from ``train_or_load``, or a hub name);
             ``None`` takes ``model.cache_key``.
-        data_spec : JSON-serialisable description of the data (as in :class:`~segcal_lib.models.TrainConfig`).
+        data_spec : JSON-serialisable description of the data (as in :class:`~segcal_lib.models.TrainConfig`). A
+            ``Dataset`` given with a ``fingerprint()`` (the folder readers) adds its files' identity to the key.
         split : split name, e.g. ``"val"``.
         model, dataset : a model and a data set, or zero-argument callables returning them (called only when the
             store must be built).
@@ -324,6 +364,8 @@ class LogitStore:
         batch_size : images per inference batch.
         progress : tqdm bar while computing.
         force : rebuild even if present.
+        A damaged store (see the module docstring) is reported with a
+        :class:`~segcal_lib.fileio.CacheCorruptionWarning` naming the file and rebuilt.
         verbose : print one line saying whether the store was loaded or built.
         extra_meta : more metadata to record (e.g. the model's training summary).
         """
@@ -332,33 +374,40 @@ class LogitStore:
             if model_key is None:
                 raise ValueError("model_key is required unless model has a cache_key attribute (from train_or_load)")
         settings = _normalise_settings(inference_kwargs)
-        key = store_key(model_key, data_spec, split, inference_kwargs)
+        identity = data_identity(dataset) if isinstance(dataset, Dataset) else None
+        key = store_key(model_key, data_spec, split, inference_kwargs, identity)
         root = Path(root) if root is not None else cache_dir("logits")
         root.mkdir(parents=True, exist_ok=True)
         path = root / key
 
-        def opened():
+        def load():
+            if not path.exists():
+                raise CacheMiss(str(path))
             store = cls(path)
+            if "files" not in store.meta:
+                raise CorruptCacheError(path / "meta.json", "no file checksums recorded (written by an older version?)")
             if verbose:
                 print(f"loaded cached logits {key} ({len(store)} images, built in {store.meta['build_time_s']:.0f} s)")
             return store
 
-        if path.exists() and not force:
-            return opened()
-        with file_lock(root / f"{key}.lock"):
-            if path.exists():
-                if not force:
-                    return opened()
+        def build():
+            if path.exists():  # force
                 shutil.rmtree(path)
             if verbose:
                 print(f"computing logits {key} ...")
             net = model if isinstance(model, nn.Module) else model()
             data = dataset if isinstance(dataset, Dataset) or not callable(dataset) else dataset()
+            if len(data) == 0:
+                raise ValueError("dataset is empty: a logit store needs at least one image")
             kwargs = {k: v for k, v in (inference_kwargs or {}).items() if k != "batch_size"}
             batches = predict_dataset(net, data, batch_size=batch_size, progress=progress, **kwargs)
-            meta = {"model_key": model_key, "data_spec": data_spec, "split": split, "settings": settings}
+            meta = {"model_key": model_key, "data_spec": data_spec, "split": SPLIT_ALIASES.get(split, split),
+                    "settings": settings}
             meta.update(extra_meta or {})
             store = cls.write(path, batches, len(data), class_names=getattr(data, "class_names", None), meta=meta)
             if verbose:
                 print(f"wrote {key} ({len(store)} images) in {store.meta['build_time_s']:.0f} s")
             return store
+
+        return load_or_build(root / f"{key}.lock", load, build, lambda: shutil.rmtree(path, ignore_errors=True),
+                             force=force)

@@ -29,6 +29,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segcal_lib.checks import (
+    IGNORE_INDEX,
+    check_class_ids,
+    check_ignore_index,
+    check_labels,
+    check_logits_labels,
+    check_mask,
+    check_num_classes,
+    check_positive_int,
+    check_scores,
+)
+from segcal_lib.meter_base import Meter
+
 __all__ = [
     "CalibrationMeter",
     "SegmentationMeter",
@@ -39,54 +52,17 @@ __all__ = [
     "segmentation_metrics",
 ]
 
-IGNORE_INDEX = 255
-# Tolerance on sum_k p_k = 1 for declared probabilities, by dtype: loose enough for a softmax computed in that dtype.
-_PROB_SUM_ATOL = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
 # Images per chunk are chosen so that the float64 temporaries stay near this many elements (~256 MiB).
 _CHUNK_ELEMENTS = 2**25
 
 
-def _check_scores_labels(scores: torch.Tensor, labels: torch.Tensor, num_classes: int | None, ignore_index: int,
-                         mask: torch.Tensor | None) -> None:
-    """Raise ``ValueError`` naming the argument when the shapes, dtypes or label values are not what is expected."""
-    if not isinstance(scores, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise ValueError(f"scores and labels must be torch tensors, got {type(scores).__name__} "
-                         f"and {type(labels).__name__}")
-    if scores.ndim != 4:
-        raise ValueError(f"scores must have shape (N, C, H, W), got {tuple(scores.shape)}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be a floating tensor (logits or probabilities), got dtype {scores.dtype}")
-    if num_classes is not None and scores.shape[1] != num_classes:
-        raise ValueError(f"scores must have num_classes={num_classes} channels in dim 1, "
-                         f"got shape {tuple(scores.shape)}")
-    expected = (scores.shape[0], *scores.shape[2:])
-    if tuple(labels.shape) != expected:
-        raise ValueError(f"labels must have shape {expected} (scores {tuple(scores.shape)} without the class dim), "
-                         f"got {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    c = scores.shape[1]
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= c))
-    if bad.any():
-        values = torch.unique(labels[bad])[:5].tolist()
-        raise ValueError(f"labels must lie in [0, {c}) or equal ignore_index={ignore_index}; found {values}")
-    if mask is not None:
-        if tuple(mask.shape) != expected or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor of shape {expected}, got {mask.dtype} {tuple(mask.shape)}")
+def _check_scores_labels(scores, labels, num_classes, ignore_index, mask) -> None:
+    """Shapes, dtypes and label range (see :func:`segcal_lib.checks.check_logits_labels`)."""
+    check_logits_labels(scores, labels, num_classes, ignore_index, mask, finite=False, name_logits="scores")
 
 
 def _check_finite_and_probs(scores: torch.Tensor, inputs: str) -> None:
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores contain NaN or infinite values; expected finite logits or probabilities")
-    if inputs == "probs":
-        lo, hi = scores.min().item(), scores.max().item()
-        if lo < 0 or hi > 1 + _PROB_SUM_ATOL.get(scores.dtype, 1e-4):
-            raise ValueError(f"scores were declared probabilities (inputs='probs') but lie in [{lo:g}, {hi:g}], "
-                             "expected [0, 1]")
-        err = (scores.double().sum(1) - 1).abs().max().item()
-        if err > _PROB_SUM_ATOL.get(scores.dtype, 1e-4):
-            raise ValueError(f"scores were declared probabilities (inputs='probs') but their sum over dim 1 is off "
-                             f"by up to {err:.3g}; expected it to be 1 (pass logits with inputs='logits')")
+    check_scores(scores, inputs, "scores")
 
 
 def _max_argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +132,7 @@ def _ece_from_sums(count: torch.Tensor, conf_sum: torch.Tensor, hit_sum: torch.T
     return (conf_sum - hit_sum).abs().sum(dim) / n.where(n > 0, torch.full_like(n, math.nan))
 
 
-class CalibrationMeter:
+class CalibrationMeter(Meter):
     """Streaming top-label and class-wise calibration of dense predictions.
 
     Parameters
@@ -179,46 +155,37 @@ class CalibrationMeter:
     ['brier', 'ece', 'image_ece', 'mce', 'nll']
     """
 
-    _SUM_STATES = ("bin_count", "bin_conf", "bin_hits", "cw_count", "cw_conf", "cw_hits", "nll_sum", "brier_sum")
+    _buffers = ("edges",)
 
     def __init__(self, num_classes: int, n_bins: int = 10, ignore_index: int = IGNORE_INDEX,
                  inputs: Literal["logits", "probs"] = "logits", classwise: bool = True,
                  compute_dtype: torch.dtype = torch.float64, validate: bool = True):
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if not isinstance(n_bins, int) or n_bins < 1:
-            raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+        num_classes = check_num_classes(num_classes)
+        n_bins = check_positive_int(n_bins, "n_bins")
+        check_ignore_index(ignore_index, num_classes)
         if inputs not in ("logits", "probs"):
             raise ValueError(f"inputs must be 'logits' or 'probs', got {inputs!r}")
         if compute_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
         self.num_classes, self.n_bins, self.ignore_index = num_classes, n_bins, ignore_index
         self.inputs, self.classwise, self.compute_dtype, self.validate = inputs, classwise, compute_dtype, validate
+        b, c, f64 = n_bins, (num_classes if classwise else 0), torch.float64
+        for name in ("bin_count", "bin_conf", "bin_hits"):
+            self.add_state(name, torch.zeros(b, dtype=f64))
+        for name in ("cw_count", "cw_conf", "cw_hits"):
+            self.add_state(name, torch.zeros(c, b, dtype=f64))
+        self.add_state("nll_sum", torch.zeros((), dtype=f64))
+        self.add_state("brier_sum", torch.zeros((), dtype=f64))
+        self.add_state("image_eces", torch.zeros(0, dtype=f64), "cat")  # one per image with a valid pixel
         self.reset()
 
     # ----------------------------------------------------------------------------------------------------- state
     def reset(self, device: torch.device | str | None = None) -> CalibrationMeter:
-        """Zero every state (on ``device``, default CPU; states follow the first update's device when empty)."""
-        dev = torch.device(device or "cpu")
-        z = dict(dtype=torch.float64, device=dev)
-        b, c = self.n_bins, (self.num_classes if self.classwise else 0)
-        self.bin_count, self.bin_conf, self.bin_hits = (torch.zeros(b, **z) for _ in range(3))
-        self.cw_count, self.cw_conf, self.cw_hits = (torch.zeros(c, b, **z) for _ in range(3))
-        self.nll_sum, self.brier_sum = torch.zeros((), **z), torch.zeros((), **z)
-        self.image_eces = torch.zeros(0, **z)  # one value per image with at least one valid pixel
-        self.edges = torch.arange(b + 1, dtype=torch.float64, device=dev) / b
-        self._empty = True
+        """Zero every state on ``device`` (default: where they are; the CPU for a new meter). The states move to the
+        first update's device when the meter is empty (see :mod:`segcal_lib.meter_base`)."""
+        super().reset(device)
+        self.edges = torch.arange(self.n_bins + 1, dtype=torch.float64, device=self.device) / self.n_bins
         return self
-
-    def to(self, device: torch.device | str) -> CalibrationMeter:
-        """Move every state to ``device``."""
-        for name in (*self._SUM_STATES, "image_eces", "edges"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.bin_count.device
 
     # ---------------------------------------------------------------------------------------------------- update
     @torch.no_grad()
@@ -239,9 +206,9 @@ class CalibrationMeter:
         if self.validate:
             _check_scores_labels(scores, labels, self.num_classes, self.ignore_index, mask)
             _check_finite_and_probs(scores, self.inputs)
-        if self._empty and scores.device != self.device:
-            self.to(scores.device)
-        self._empty = False
+        self._follow(scores)
+        if not scores.numel():  # an empty batch adds nothing (see segcal_lib.checks)
+            return self
         per_image = max(1, math.prod(scores.shape[1:]))
         step = max(1, _CHUNK_ELEMENTS // per_image)
         for s in range(0, scores.shape[0], step):
@@ -288,32 +255,6 @@ class CalibrationMeter:
     # --------------------------------------------------------------------------------------------------- combine
     def _settings(self) -> tuple:
         return self.num_classes, self.n_bins, self.ignore_index, self.inputs, self.classwise
-
-    def merge(self, other: CalibrationMeter) -> CalibrationMeter:
-        """Add the states of ``other`` (same settings) into this meter, as if its batches had been seen here."""
-        if not isinstance(other, CalibrationMeter) or other._settings() != self._settings():
-            theirs = other._settings() if isinstance(other, CalibrationMeter) else type(other).__name__
-            raise ValueError(f"can only merge a CalibrationMeter with the same (num_classes, n_bins, ignore_index, "
-                             f"inputs, classwise) = {self._settings()}, got {theirs}")
-        for name in self._SUM_STATES:
-            getattr(self, name).add_(getattr(other, name).to(self.device))
-        self.image_eces = torch.cat([self.image_eces, other.image_eces.to(self.device)])
-        self._empty = self._empty and other._empty
-        return self
-
-    def sync(self, group=None) -> CalibrationMeter:
-        """Sum the states over all processes of a ``torch.distributed`` group (in place; every rank gets the total).
-
-        Sums are all-reduced; the per-image values are gathered in rank order.
-        """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("sync() needs an initialised torch.distributed process group")
-        for name in self._SUM_STATES:
-            dist.all_reduce(getattr(self, name), group=group)
-        self.image_eces = _all_gather_variable(self.image_eces, group)
-        return self
 
     # --------------------------------------------------------------------------------------------------- results
     def compute(self) -> dict:
@@ -362,98 +303,82 @@ class CalibrationMeter:
                 f"ignore_index={self.ignore_index}, inputs={self.inputs!r}, pixels={int(self.bin_count.sum())})")
 
 
-def _all_gather_variable(t: torch.Tensor, group=None) -> torch.Tensor:
-    """All-gather 1-D tensors of different lengths, concatenated in rank order."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size(group)
-    size = torch.tensor([t.numel()], device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size, group=group)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=t.dtype, device=t.device)
-    padded[: t.numel()] = t
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
-
-
-class SegmentationMeter:
+class SegmentationMeter(Meter):
     """Streaming confusion matrix, per-class IoU, mIoU and pixel accuracy.
 
     Parameters
     ----------
     num_classes : number of classes C.
-    ignore_index : label value of pixels to leave out.
+    ignore_index : label value of pixels to leave out (255); an int outside [0, C).
+    validate : check shapes, dtypes, label and class-id range and finiteness on every update.
 
     ``update`` takes scores (N, C, H, W) (argmax is taken) or predicted class ids (N, H, W), and labels (N, H, W).
+    The confusion matrix lives on the device of the first update (see :mod:`segcal_lib.meter_base`), with the same
+    ``reset(device)``, ``to``, ``device``, ``merge`` and ``sync`` as :class:`CalibrationMeter`.
+
+    Examples
+    --------
+    >>> y = torch.tensor([[[0, 1], [2, 2]]])
+    >>> SegmentationMeter(3).update(y, y).compute()["miou"]
+    1.0
     """
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, validate: bool = True):
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.num_classes, self.ignore_index, self.validate = num_classes, ignore_index, validate
+        self.num_classes = check_num_classes(num_classes)
+        self.ignore_index = check_ignore_index(ignore_index, self.num_classes)
+        self.validate = validate
+        # rows: label, cols: prediction
+        self.add_state("confusion", torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64))
         self.reset()
 
-    def reset(self) -> SegmentationMeter:
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)  # rows: label, cols: pred
-        return self
+    def _settings(self) -> tuple:
+        return self.num_classes, self.ignore_index
 
     @torch.no_grad()
     def update(self, preds: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> SegmentationMeter:
-        """Add a batch: ``preds`` scores (N, C, H, W) or class ids (N, H, W); ``labels`` (N, H, W)."""
+        """Add a batch: ``preds`` scores (N, C, H, W) or class ids (N, H, W); ``labels`` (N, H, W) integer."""
         c = self.num_classes
+        if not isinstance(preds, torch.Tensor):
+            raise ValueError(f"preds must be a torch tensor (scores or class ids), got {type(preds).__name__}")
         if preds.is_floating_point():
             if self.validate:
-                _check_scores_labels(preds, labels, c, self.ignore_index, mask)
+                check_logits_labels(preds, labels, c, self.ignore_index, mask, name_logits="preds")
             preds = preds.argmax(1)
         elif self.validate:
-            if tuple(preds.shape) != tuple(labels.shape):
-                raise ValueError(f"preds (class ids) must have the shape of labels {tuple(labels.shape)}, "
-                                 f"got {tuple(preds.shape)}")
-            if ((preds < 0) | (preds >= c)).any():
-                raise ValueError(f"predicted class ids must lie in [0, {c})")
-            if mask is not None and (mask.shape != labels.shape or mask.dtype != torch.bool):
-                raise ValueError(f"mask must be a bool tensor of shape {tuple(labels.shape)}")
-        labels = labels.long()
+            check_labels(labels, c, self.ignore_index)
+            check_class_ids(preds, c, labels.shape)
+            check_mask(mask, labels.shape)
+        self._follow(preds)
+        dev = self.device
+        labels = labels.to(dev).long()
         valid = labels != self.ignore_index
         if mask is not None:
-            valid &= mask
-        if self.validate and ((labels[valid] < 0) | (labels[valid] >= c)).any():
-            raise ValueError(f"labels must lie in [0, {c}) or equal ignore_index={self.ignore_index}")
-        idx = labels[valid] * c + preds.long()[valid]
-        self.confusion += torch.bincount(idx, minlength=c * c).view(c, c).cpu()
-        return self
-
-    def merge(self, other: SegmentationMeter) -> SegmentationMeter:
-        if not isinstance(other, SegmentationMeter) or other.num_classes != self.num_classes:
-            raise ValueError("can only merge a SegmentationMeter with the same num_classes")
-        self.confusion += other.confusion
-        return self
-
-    def sync(self, group=None) -> SegmentationMeter:
-        """Sum the confusion matrix over all processes of a ``torch.distributed`` group."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("sync() needs an initialised torch.distributed process group")
-        dist.all_reduce(self.confusion, group=group)
+            valid &= mask.to(dev)
+        idx = labels[valid] * c + preds.to(dev).long()[valid]
+        self.confusion += torch.bincount(idx, minlength=c * c).view(c, c)
         return self
 
     def compute(self) -> dict:
         """``miou`` (mean over classes present in labels or predictions), ``iou`` (C,) with NaN for absent classes,
-        ``pixel_accuracy``, ``mean_class_accuracy``, ``confusion`` (C, C) int64 (rows: label, cols: prediction)."""
-        cm = self.confusion.double()
+        ``pixel_accuracy``, ``mean_class_accuracy``, ``confusion`` (C, C) int64 (rows: label, cols: prediction).
+        Every value is NaN when no pixel has been seen."""
+        confusion = self.confusion.cpu()
+        cm = confusion.double()
         tp, label_n, pred_n = cm.diag(), cm.sum(1), cm.sum(0)
         union = label_n + pred_n - tp
         iou = (tp / union).where(union > 0, torch.tensor(math.nan, dtype=torch.float64))
         cls_acc = (tp / label_n).where(label_n > 0, torch.tensor(math.nan, dtype=torch.float64))
         total = cm.sum()
-        return {"miou": float(np.nanmean(iou.numpy())) if (union > 0).any() else math.nan,
-                "iou": iou.numpy(),
+        iou, cls_acc = iou.cpu().numpy(), cls_acc.cpu().numpy()
+        return {"miou": float(np.nanmean(iou)) if (union > 0).any() else math.nan,
+                "iou": iou,
                 "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-                "mean_class_accuracy": float(np.nanmean(cls_acc.numpy())) if (label_n > 0).any() else math.nan,
-                "confusion": self.confusion.numpy().copy()}
+                "mean_class_accuracy": float(np.nanmean(cls_acc)) if (label_n > 0).any() else math.nan,
+                "confusion": confusion.cpu().numpy().copy()}
+
+    def __repr__(self) -> str:
+        return (f"SegmentationMeter(num_classes={self.num_classes}, ignore_index={self.ignore_index}, "
+                f"pixels={int(self.confusion.sum())})")
 
 
 # ------------------------------------------------------------------------------------------------- functional twins
@@ -482,6 +407,8 @@ def expected_calibration_error(scores: torch.Tensor, labels: torch.Tensor, n_bin
 def segmentation_metrics(preds: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
                          ignore_index: int = IGNORE_INDEX) -> dict:
     """One-shot :class:`SegmentationMeter`; ``num_classes`` defaults to ``preds.shape[1]`` for scores."""
+    if not isinstance(preds, torch.Tensor):
+        raise ValueError(f"preds must be a torch tensor (scores or class ids), got {type(preds).__name__}")
     if num_classes is None:
         if not preds.is_floating_point():
             raise ValueError("num_classes is required when preds are class ids")
@@ -496,6 +423,9 @@ def correctness_masks(scores: torch.Tensor, labels: torch.Tensor,
 
     ``scores`` are logits or probabilities (N, C, H, W) (the argmax is the same), or class ids (N, H, W).
     """
+    if not isinstance(scores, torch.Tensor):
+        raise ValueError(f"scores must be a torch tensor (scores or class ids), got {type(scores).__name__}")
+    check_labels(labels, None, ignore_index)
     pred = scores.argmax(1) if scores.is_floating_point() else scores
     if pred.shape != labels.shape:
         raise ValueError(f"predictions {tuple(pred.shape)} and labels {tuple(labels.shape)} must have the same shape")
@@ -510,7 +440,8 @@ def boundary_mask(labels: torch.Tensor, radius: int = 1, ignore_index: int = IGN
     The neighbourhood is the (2r+1) x (2r+1) square around a pixel. Ignored neighbours neither make nor break a
     boundary. Interior pixels are ``valid & ~boundary_mask(...)``.
     """
-    if labels.ndim != 3 or labels.is_floating_point():
+    check_labels(labels, None, ignore_index)
+    if labels.ndim != 3:
         raise ValueError(f"labels must be an integer tensor (N, H, W), got {labels.dtype} {tuple(labels.shape)}")
     if not isinstance(radius, int) or radius < 1:
         raise ValueError(f"radius must be a positive int, got {radius!r}")

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from segcal_lib.checks import check_logits_labels
+
 __all__ = ["colorize", "confidence_histogram", "image_grid", "prediction_panels", "reliability_diagram",
            "to_numpy_image"]
 
@@ -118,12 +120,16 @@ def image_grid(panels: Sequence[Sequence[tuple[str, np.ndarray]]], cell: float =
 def prediction_panels(image, label, logits, palette, ignore_index: int = 255) -> list[tuple[str, np.ndarray]]:
     """Panels for one image: the image, its label, the prediction, the confidence map and the error map.
 
-    ``logits`` (C, H, W). The error map is 1 where the prediction is wrong, 0 where right, and NaN where ignored.
+    ``logits`` float (C, H, W) and ``label`` integer (H, W), on any device (they are copied to the CPU). The error map
+    is 1 where the prediction is wrong, 0 where right, and NaN where ignored.
     """
-    logits = torch.as_tensor(logits).float()
-    label_t = torch.as_tensor(label)
-    prob = logits.softmax(0)
+    logits = torch.as_tensor(logits).detach().cpu()
+    label_t = torch.as_tensor(label).detach().cpu()
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (C, H, W), got {tuple(logits.shape)}")
+    check_logits_labels(logits[None], label_t[None], ignore_index=ignore_index)
+    prob = logits.float().softmax(0)
     conf, pred = prob.max(0)
     wrong = (pred != label_t).float().masked_fill(label_t == ignore_index, float("nan"))
     return [("image", to_numpy_image(image)), ("label", colorize(label_t, palette, ignore_index)),
-            ("prediction", colorize(pred, palette)), ("confidence", conf.numpy()), ("error", wrong.numpy())]
+            ("prediction", colorize(pred, palette)), ("confidence", conf.cpu().numpy()), ("error", wrong.cpu().numpy())]

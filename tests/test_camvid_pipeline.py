@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from segcal_lib.data.datasets import CamVid, shared_camvid_root
+from segcal_lib.data.datasets import CamVid, find_camvid
 from segcal_lib.inference import predict_dataset, predict_logits
 from segcal_lib.logit_store import LogitStore
 from segcal_lib.metrics import CalibrationMeter, SegmentationMeter
 from segcal_lib.models import create_model
 
-ROOT = shared_camvid_root()
-pytestmark = [pytest.mark.camvid, pytest.mark.skipif(ROOT is None, reason="../shared/data/camvid is absent")]
+ROOT = find_camvid()
+pytestmark = [pytest.mark.camvid, pytest.mark.skipif(ROOT is None, reason="CamVid not found (set SEGCAL_CAMVID)")]
 
 
 @pytest.fixture(scope="module")

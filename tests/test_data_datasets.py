@@ -1,5 +1,5 @@
 """Readers of real folders (on small fixture folders written here), the registry, and the CamVid downloader's offline
-parts. Tests marked ``camvid`` read ``../shared/data/camvid`` and skip when it is absent."""
+parts. Tests marked ``camvid`` read the real CamVid found by :func:`find_camvid` and skip when it is absent."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ from segcal_lib.data import (
     SyntheticScenes,
     apply_shift,
     default_camvid_root,
+    find_camvid,
     get_dataset,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CAMVID = Path(__file__).resolve().parents[2] / "shared/data/camvid"
+REAL_CAMVID = find_camvid()  # $SEGCAL_CAMVID or ../shared/data/camvid; None when absent
 H, W = 12, 16
 
 # Frames per split of the fixture CamVid: stems chosen to cover all four sequences as in the real splits.
@@ -288,30 +289,30 @@ def test_main_rejects_an_incomplete_local_archive(dl, camvid_root, tmp_path):
 
 # --------------------------------------------------------------------------------------------------- real CamVid
 
-camvid = pytest.mark.skipif(not (SHARED_CAMVID / "train").is_dir(), reason=f"{SHARED_CAMVID} not present")
+camvid = pytest.mark.skipif(REAL_CAMVID is None, reason="CamVid not found (set SEGCAL_CAMVID)")
 
 
 @pytest.mark.camvid
 @camvid
 def test_real_camvid_split_sizes_and_sequences():
-    sizes = {split: len(CamVid(SHARED_CAMVID, split)) for split in ("train", "val", "test")}
+    sizes = {split: len(CamVid(REAL_CAMVID, split)) for split in ("train", "val", "test")}
     assert sizes == {"train": 367, "val": 101, "test": 233}
-    assert len(CamVid(SHARED_CAMVID, "train", domain="dusk")) == 62
-    assert len(CamVid(SHARED_CAMVID, "test", domain="dusk")) == 62
-    assert len(CamVid(SHARED_CAMVID, "train", domain="day")) == 305
-    assert CamVid(SHARED_CAMVID, "val").available_sequences() == {"0016E5": 101}
+    assert len(CamVid(REAL_CAMVID, "train", domain="dusk")) == 62
+    assert len(CamVid(REAL_CAMVID, "test", domain="dusk")) == 62
+    assert len(CamVid(REAL_CAMVID, "train", domain="day")) == 305
+    assert CamVid(REAL_CAMVID, "val").available_sequences() == {"0016E5": 101}
 
 
 @pytest.mark.camvid
 @camvid
 def test_real_camvid_samples():
-    ds = CamVid(SHARED_CAMVID, "test")
+    ds = CamVid(REAL_CAMVID, "test")
     assert ds.num_classes == 11
     for i in (0, len(ds) - 1):
         s = ds[i]
         assert s.image.shape == (3, 360, 480) and s.label.shape == (360, 480)
         assert set(s.label.unique().tolist()) <= set(range(11)) | {255}
-    small = CamVid(SHARED_CAMVID, "val", size=(96, 128), n=3)
+    small = CamVid(REAL_CAMVID, "val", size=(96, 128), n=3)
     assert len(small) == 3 and small[0].image.shape == (3, 96, 128)
     dusk = apply_shift(ds[0].image, "dusk", 3)
     assert dusk.shape == ds[0].image.shape and dusk.mean() < ds[0].image.mean()
@@ -320,7 +321,7 @@ def test_real_camvid_samples():
 @pytest.mark.camvid
 @camvid
 def test_downloader_verifies_the_real_layout(dl):
-    assert dl.verify_camvid(SHARED_CAMVID) == {"train": 367, "val": 101, "test": 233}
+    assert dl.verify_camvid(REAL_CAMVID) == {"train": 367, "val": 101, "test": 233}
 
 
 # ------------------------------------------------------------------------------------- compact copy (for a GPU box)

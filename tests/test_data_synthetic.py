@@ -118,11 +118,11 @@ def test_every_class_appears_and_big_classes_dominate(labels):
 def test_object_class_frequencies_are_close_to_camvids(labels):
     # The object counts were set so the scenes are as cluttered as CamVid's training frames: a model then sees as many
     # poles, signs and people per image as on the real data. Within a factor of 1.6 of CamVid, class by class.
-    from segcal_lib.data.datasets import CamVid, shared_camvid_root
+    from segcal_lib.data.datasets import CamVid, find_camvid
 
-    root = shared_camvid_root()
+    root = find_camvid()
     if root is None:
-        pytest.skip("../shared/data/camvid is absent")
+        pytest.skip("CamVid not found (set SEGCAL_CAMVID)")
     real = np.zeros(256)
     for sample in CamVid(root, "train", size=SIZE):
         real += np.bincount(sample.label.numpy().ravel(), minlength=256)

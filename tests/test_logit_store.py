@@ -112,7 +112,7 @@ def test_write_validates_and_leaves_no_partial_store(tmp_path, arrays):
     logits, labels = arrays
     bad = labels.clone()
     bad[0, 5, 5] = C  # out of range, not ignore
-    with pytest.raises(ValueError, match="labels must be in"):
+    with pytest.raises(ValueError, match="labels must lie in"):
         LogitStore.from_arrays(tmp_path / "bad", logits, bad)
     with pytest.raises(ValueError, match="float16"):
         LogitStore.from_arrays(tmp_path / "big", logits * 1e5, labels)

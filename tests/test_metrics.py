@@ -22,9 +22,11 @@ def _softmax64(scores, inputs):
     s = scores.double().numpy()
     if inputs == "probs":
         return s, np.log(np.maximum(s, np.finfo(np.float64).tiny))
+    # p = e / sum(e) with e = exp(z - max): equal logits give exactly 1/C, as a confidence on a bin edge should.
     z = s - s.max(1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    return np.exp(logp), logp
+    e = np.exp(z)
+    total = e.sum(1, keepdims=True)
+    return e / total, z - np.log(total)
 
 
 def _ece_loop(conf, hit, n_bins):

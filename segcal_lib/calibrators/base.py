@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from segcal_lib.calibrators.sampling import as_batches, iter_checked, sample_pixels
+from segcal_lib.checks import _tensor, check_images, check_scores
 
 __all__ = ["Calibrator", "NotFittedError"]
 
@@ -110,14 +111,16 @@ class Calibrator(nn.Module):
         ``images`` (N, 3, H, W) are used by calibrators with ``needs_images`` and ignored by the rest.
         """
         self.check_fitted()
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or not logits.is_floating_point():
-            raise ValueError(f"logits must be a float tensor (N, C, H, W), got "
-                             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+        check_scores(_tensor(logits, "logits"), name="logits")
+        if logits.ndim != 4 or not logits.is_floating_point():
+            raise ValueError(f"logits must be a float tensor (N, C, H, W), got {tuple(logits.shape)} {logits.dtype}")
         if logits.shape[1] != self.num_classes_:
             raise ValueError(f"logits have {logits.shape[1]} classes but this {type(self).__name__} was fitted on "
                              f"{self.num_classes_}")
-        if self.needs_images and images is None:
-            raise ValueError(f"{type(self).__name__} needs images (N, 3, H, W) beside the logits")
+        if self.needs_images:
+            if images is None:
+                raise ValueError(f"{type(self).__name__} needs images (N, 3, H, W) beside the logits")
+            check_images(images)
         return self._calibrate(logits, images)
 
     def _calibrate(self, logits: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from segcal_lib.checks import check_logits_labels
+
 __all__ = ["Batch", "as_batches", "sample_pixels"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
@@ -53,20 +55,8 @@ def _unpack(batch) -> Batch:
 
 
 def _check_batch(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None, ignore_index: int) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or not logits.is_floating_point():
-        raise ValueError(f"logits must be a float tensor (N, C, H, W), got "
-                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.shape != (
-            logits.shape[0], *logits.shape[2:]):
-        raise ValueError(f"labels must be an integer tensor of shape {(logits.shape[0], *logits.shape[2:])}, got "
-                         f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    if num_classes is not None and logits.shape[1] != num_classes:
-        raise ValueError(f"every batch must have the same number of classes: {num_classes}, got {logits.shape[1]}")
-    valid = labels != ignore_index
-    if ((labels[valid] < 0) | (labels[valid] >= logits.shape[1])).any():
-        raise ValueError(f"labels must lie in [0, {logits.shape[1]}) or equal ignore_index={ignore_index}")
-    if not torch.isfinite(logits).all():
-        raise ValueError("logits must be finite (found NaN or inf)")
+    # The library's one input check; ``num_classes`` pins every batch to the first batch's class count.
+    check_logits_labels(logits, labels, num_classes, ignore_index)
 
 
 def iter_checked(batches: Iterable[Batch], ignore_index: int, total: int | None = None,

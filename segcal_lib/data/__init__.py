@@ -18,8 +18,9 @@ from segcal_lib.data.datasets import (
     ImageFolderSegmentation,
     camvid_sequence,
     default_camvid_root,
+    find_camvid,
     get_dataset,
-    shared_camvid_root,
+    read_image,
 )
 from segcal_lib.data.shifts import SHIFTS, ShiftedDataset, apply_shift, list_shifts
 from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, SyntheticScenes, render_scene
@@ -27,6 +28,6 @@ from segcal_lib.data.synthetic import CLASS_NAMES, NUM_CLASSES, PALETTE, Synthet
 __all__ = [
     "CAMVID_DOMAINS", "CAMVID_SEQUENCES", "CLASS_NAMES", "CORRUPTIONS", "DATASETS", "IGNORE_INDEX", "NUM_CLASSES",
     "PALETTE", "SHIFTS", "CamVid", "ImageFolderSegmentation", "Sample", "ShiftedDataset", "SyntheticScenes",
-    "apply_shift", "camvid_sequence", "default_camvid_root", "get_dataset", "list_shifts", "render_scene",
-    "shared_camvid_root",
+    "apply_shift", "camvid_sequence", "default_camvid_root", "find_camvid", "get_dataset", "list_shifts", "read_image",
+    "render_scene",
 ]

@@ -22,3 +22,10 @@ class Sample(NamedTuple):
     image: torch.Tensor
     label: torch.Tensor
     name: str
+
+
+def data_identity(dataset) -> dict | None:
+    """``dataset.fingerprint()`` when the data set has one (what identifies its data: for a folder, its root, file
+    names and sizes), else None. Caches add it to their keys."""
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else None

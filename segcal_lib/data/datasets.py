@@ -11,6 +11,8 @@ Data are never downloaded here; ``python data_scripts/download_camvid.py`` fetch
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,6 +60,52 @@ def _evenly_spaced(items: list, n: int | None) -> list:
     if n >= len(items):
         return items
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)] if n else []
+
+
+@contextlib.contextmanager
+def _decoding(path: Path, what: str):
+    """Re-raise a decoder's error (PIL's ``OSError: image file is truncated`` names no file) with the file's path."""
+    try:
+        yield
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL raises SyntaxError for some bad headers
+        raise OSError(f"cannot read {what} {str(path)!r}: {exc}") from exc
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as float32 RGB (3, H, W) in [0, 1], each bit depth scaled by its own range.
+
+    8-bit images are divided by 255; 16-bit grey images (mode ``I;16``, or ``I`` with values up to 65535) by 65535,
+    rather than clipped to 255 as ``PIL.Image.convert("RGB")`` would; float images (mode ``F``) must already lie in
+    [0, 1]. Grey images are repeated over the three channels. ``size`` (H, W) resizes bilinearly (PIL's filter for
+    8-bit images, its antialiased torch equivalent otherwise). Decoding errors name the file.
+    """
+    path = Path(path)
+    with _decoding(path, "image"), Image.open(path) as im:
+        if im.mode.startswith("I"):
+            arr = np.asarray(im).astype(np.float64)
+            top = arr.max(initial=0)
+            if top > 65535 or arr.min(initial=0) < 0:
+                raise ValueError(f"image {str(path)!r} (mode {im.mode}) has values in [{arr.min()}, {top}]; "
+                                 f"expected 16-bit values in [0, 65535]")
+            grey = (arr / 65535.0).astype(np.float32)
+        elif im.mode == "F":
+            grey = np.asarray(im, dtype=np.float32)
+            if not (np.isfinite(grey).all() and grey.min(initial=0) >= 0 and grey.max(initial=0) <= 1):
+                raise ValueError(f"image {str(path)!r} (mode F) must hold finite values in [0, 1]")
+        else:
+            rgb = im.convert("RGB")
+            if size is not None:
+                rgb = rgb.resize((size[1], size[0]), Image.BILINEAR)
+            return (np.asarray(rgb, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+    img = np.repeat(grey[None], 3, axis=0)
+    return _resize_image(img, size) if size is not None else img
+
+
+def _resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float (3, H, W) image to ``size`` (H, W), as PIL resizes 8-bit images."""
+    t = torch.from_numpy(img)[None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out[0].clamp_(0, 1).cpu().numpy()
 
 
 class ImageFolderSegmentation(Dataset):
@@ -125,7 +173,9 @@ class ImageFolderSegmentation(Dataset):
     def _list(self, folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
         if not folder.is_dir():
             raise FileNotFoundError(self._missing_message(what, folder))
-        files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
+        # Hidden files and macOS "._*" resource-fork sidecars (copied from a Mac's external disk) are not images.
+        files = {p.stem: p for p in sorted(folder.iterdir())
+                 if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file()}
         if not files:
             raise FileNotFoundError(f"{what} {str(folder)!r} holds no files ending in {', '.join(suffixes)}")
         return files
@@ -180,7 +230,7 @@ class ImageFolderSegmentation(Dataset):
 
     def read_label(self, path: Path) -> np.ndarray:
         """Read a label PNG and map it to train ids: uint8 (H, W) in [0, num_classes) or 255."""
-        with Image.open(path) as im:
+        with _decoding(path, "label"), Image.open(path) as im:
             if im.mode not in ("L", "P", "I;16", "I"):
                 raise ValueError(f"label {str(path)!r} has mode {im.mode}; expected a single-channel label PNG "
                                  f"(mode L, P or I;16), not a colour-coded one")
@@ -206,18 +256,28 @@ class ImageFolderSegmentation(Dataset):
         if not 0 <= i < len(self.files):
             raise IndexError(f"index {i} out of range for {len(self.files)} images")
         img_path, lbl_path = self.files[i]
-        with Image.open(img_path) as im:
-            image = im.convert("RGB")
+        with _decoding(img_path, "image"), Image.open(img_path) as im:
+            width, height = im.size
         label = Image.fromarray(self.read_label(lbl_path))
-        if image.size != label.size:
-            raise ValueError(f"image {img_path.name} is {image.size[0]}x{image.size[1]} but its label is "
+        if (width, height) != label.size:
+            raise ValueError(f"image {img_path.name} is {width}x{height} but its label is "
                              f"{label.size[0]}x{label.size[1]} (W x H)")
+        img = read_image(img_path, self.size)
         if self.size is not None:
-            h, w = self.size
-            image = image.resize((w, h), Image.BILINEAR)
-            label = label.resize((w, h), Image.NEAREST)
-        img = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
-        return Sample(img.contiguous(), torch.from_numpy(np.asarray(label).astype(np.int64)), img_path.stem)
+            label = label.resize((self.size[1], self.size[0]), Image.NEAREST)
+        return Sample(torch.from_numpy(img).contiguous(), torch.from_numpy(np.asarray(label).astype(np.int64)),
+                      img_path.stem)
+
+    def fingerprint(self) -> dict:
+        """What identifies this data set's items, for cache keys: folders, file names and sizes, and the reading
+        options (class map, class count, resize). Renaming, adding, removing or rewriting a file changes it."""
+        h = hashlib.sha256()
+        for img, lbl in self.files:
+            h.update(f"{img.name}:{img.stat().st_size}:{lbl.name}:{lbl.stat().st_size}\n".encode())
+        return {"reader": type(self).__name__, "image_dir": str(self.image_dir.resolve()),
+                "label_dir": str(self.label_dir.resolve()), "n_files": len(self.files), "files": h.hexdigest()[:16],
+                "class_map": sorted(self.class_map.items()) if self.class_map is not None else None,
+                "num_classes": self.num_classes, "size": list(self.size) if self.size else None}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.image_dir)!r}, n={len(self)}, size={self.size})"
@@ -225,25 +285,43 @@ class ImageFolderSegmentation(Dataset):
 
 # ------------------------------------------------------------------------------------------------------------ CamVid
 
-def shared_camvid_root() -> Path | None:
-    """``../shared/data/camvid`` beside the repository (where this project keeps a copy), or None when absent."""
-    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
-    return path if (path / "train").is_dir() else None
+def _holds_camvid(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "trainannot").is_dir()
 
 
-def default_camvid_root() -> Path:
-    """Where CamVid is looked for when no root is given.
+def find_camvid() -> Path | None:
+    """The one look-up of the CamVid folder; None when it is nowhere.
 
-    In order: ``$SEGCAL_CAMVID``; ``<cache_dir>/camvid`` when it holds the data; :func:`shared_camvid_root` when
-    present; else ``<cache_dir>/camvid`` (where ``data_scripts/download_camvid.py`` puts it by default).
+    In order: ``$SEGCAL_CAMVID`` when set (and then only it: a wrong setting is not silently replaced by another
+    copy); ``<cache_dir>/camvid`` (where ``data_scripts/download_camvid.py`` puts it); ``shared/data/camvid`` in the
+    folder holding the repository or any folder above it (this project keeps a copy at ``../shared/data/camvid``, also
+    seen from a git worktree deeper down); the same above the working directory. Tests, data sets and benchmarks all
+    use this function.
     """
     env = os.environ.get(CAMVID_ENV)
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        return path if _holds_camvid(path) else None
     cached = cache_dir() / "camvid"
-    if (cached / "train").is_dir():
+    if _holds_camvid(cached):
         return cached
-    return shared_camvid_root() or cached
+    repo = Path(__file__).resolve().parents[2]
+    for start in (repo, Path.cwd().resolve()):
+        for folder in start.parents:
+            candidate = folder / "shared" / "data" / "camvid"
+            if _holds_camvid(candidate):
+                return candidate
+    return None
+
+
+def default_camvid_root() -> Path:
+    """Where CamVid is read from when no root is given: :func:`find_camvid`, else ``$SEGCAL_CAMVID`` when set, else
+    ``<cache_dir>/camvid`` (where the download script puts it; the reader's error then says how to get it)."""
+    found = find_camvid()
+    if found is not None:
+        return found
+    env = os.environ.get(CAMVID_ENV)
+    return Path(env).expanduser() if env else cache_dir() / "camvid"
 
 
 def camvid_sequence(name: str) -> str:

@@ -8,21 +8,29 @@ The registry holds configurations as data (:class:`SegNetConfig`); :func:`create
 
 Registered models, with parameter counts (backbone + head) measured for ``num_classes=11`` with timm 1.0:
 
-=========================  =====================  =====  ==========
-name                       timm backbone          width  parameters
-=========================  =====================  =====  ==========
-``mobilenetv3_small_fpn``  mobilenetv3_small_100     64      1.01 M
-``resnet10t_half_fpn``     resnet10t, half width     64      1.30 M
-``convnext_atto_fpn``      convnext_atto             96      3.52 M
-``resnet10t_fpn``          resnet10t                 96      5.10 M
-``convnext_pico_fpn``      convnext_pico            128      8.80 M
-``resnet18_fpn``           resnet18                 128     11.45 M
-``resnet34_fpn``           resnet34                 128     21.56 M
-``resnet50_fpn``           resnet50                 256     25.09 M
-=========================  =====================  =====  ==========
+==========================  =====================  =====  ==========
+name                        timm backbone          width  parameters
+==========================  =====================  =====  ==========
+``resnet10t_sixteenth_fpn`` resnet10t, 1/16 width      8      0.02 M
+``resnet10t_eighth_fpn``    resnet10t, 1/8 width      16      0.08 M
+``convnext_d8_fpn``         convnext_atto, dims 8+    16      0.16 M
+``resnet10t_quarter_fpn``   resnet10t, 1/4 width      32      0.33 M
+``convnext_d16_fpn``        convnext_atto, dims 16+   32      0.58 M
+``mobilenetv3_small_fpn``   mobilenetv3_small_100     64      1.01 M
+``convnext_d24_fpn``        convnext_atto, dims 24+   48      1.28 M
+``resnet10t_half_fpn``      resnet10t, half width     64      1.30 M
+``convnext_d32_fpn``        convnext_atto, dims 32+   64      2.25 M
+``convnext_atto_fpn``       convnext_atto             96      3.52 M
+``resnet10t_fpn``           resnet10t                 96      5.10 M
+``convnext_pico_fpn``       convnext_pico            128      8.80 M
+``resnet18_fpn``            resnet18                 128     11.45 M
+``resnet34_fpn``            resnet34                 128     21.56 M
+``resnet50_fpn``            resnet50                 256     25.09 M
+==========================  =====================  =====  ==========
 
-Two families (residual CNNs, ConvNeXt) plus a mobile net span about 1 M to 25 M parameters, so a chapter can ask how
-calibration changes with capacity. :func:`count_parameters` prints the live numbers.
+Two families (residual CNNs, ConvNeXt) plus a mobile net span about 0.02 M to 25 M parameters, so a chapter can ask
+how calibration changes with capacity ("dims 16+": stage widths 16, 32, 64, 128 at ConvNeXt-Atto's depths).
+:func:`count_parameters` prints the live numbers.
 
 Pretrained weights: with ``pretrained=True`` the backbone starts from ImageNet weights when they can be had (the local
 Hugging Face cache first, then a download when the hub is reachable and ``HF_HUB_OFFLINE`` is not set); otherwise it
@@ -108,6 +116,21 @@ def register_model(name: str, cfg: SegNetConfig, overwrite: bool = False) -> Non
 _STRIDE4_TO_32_CNN = (1, 2, 3, 4)
 _STRIDE4_TO_32_CONVNEXT = (0, 1, 2, 3)
 for _name, _cfg in {
+    # Narrow variants for the capacity sweep on two CPU cores (chapter 4): the same depths, fewer channels.
+    "resnet10t_sixteenth_fpn": SegNetConfig("resnet10t", _STRIDE4_TO_32_CNN, 8, family="resnet", backbone_kwargs=(
+        ("channels", (4, 8, 16, 32)), ("stem_width", 4))),
+    "resnet10t_eighth_fpn": SegNetConfig("resnet10t", _STRIDE4_TO_32_CNN, 16, family="resnet", backbone_kwargs=(
+        ("channels", (8, 16, 32, 64)), ("stem_width", 8))),
+    "resnet10t_quarter_fpn": SegNetConfig("resnet10t", _STRIDE4_TO_32_CNN, 32, family="resnet", backbone_kwargs=(
+        ("channels", (16, 32, 64, 128)), ("stem_width", 8))),
+    "convnext_d8_fpn": SegNetConfig("convnext_atto", _STRIDE4_TO_32_CONVNEXT, 16, family="convnext",
+                                    backbone_kwargs=(("dims", (8, 16, 32, 64)),)),
+    "convnext_d16_fpn": SegNetConfig("convnext_atto", _STRIDE4_TO_32_CONVNEXT, 32, family="convnext",
+                                     backbone_kwargs=(("dims", (16, 32, 64, 128)),)),
+    "convnext_d24_fpn": SegNetConfig("convnext_atto", _STRIDE4_TO_32_CONVNEXT, 48, family="convnext",
+                                     backbone_kwargs=(("dims", (24, 48, 96, 192)),)),
+    "convnext_d32_fpn": SegNetConfig("convnext_atto", _STRIDE4_TO_32_CONVNEXT, 64, family="convnext",
+                                     backbone_kwargs=(("dims", (32, 64, 128, 256)),)),
     "mobilenetv3_small_fpn": SegNetConfig("mobilenetv3_small_100", _STRIDE4_TO_32_CNN, 64, family="mobilenet"),
     # ResNet-10-T at half width: on a CPU a step costs 0.4x the full-width one (measured, crop 64, batch 16), and twice
     # the steps in the same time fit the training data better than the wider net does. The fast profile's model.

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from segcal_lib.checks import check_images, check_labels
 from segcal_lib.config import Profile, get_device, get_profile, seed_everything
 from segcal_lib.data.base import IGNORE_INDEX
 from segcal_lib.models.segnet import count_parameters, create_model, get_model_config
@@ -37,6 +38,8 @@ __all__ = ["TrainConfig", "augment", "poly_lr_factor", "train", "train_model"]
 # generated on the fly and real images decoded from disk, both slower than a training step on a GPU (2000 full-profile
 # scenes at 360x480 take 1.4 GB, well within a Colab runtime's 12 GB).
 MEMORY_CACHE_BYTES = 4 << 30
+# Steps between two reads of the loss by the host (each read waits for the device to finish the queued steps).
+_LOSS_READ_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -199,17 +202,22 @@ class _EightBit(Dataset):
     """A data set's (image, label) as uint8: images as a camera writes them, labels as ids (255 = ignore).
 
     Training always sees these 8-bit images, whether they are read on the fly or kept in memory (exact for images
-    decoded from 8-bit files, within 1/510 otherwise); other items of a sample (names) are dropped.
+    decoded from 8-bit files, within 1/510 otherwise); other items of a sample (names) are dropped. Each sample is
+    checked here, on the CPU and before any indexing: images float in [0, 1] and finite, labels integer in
+    [0, num_classes) or 255 (a label of 256 or -1 would otherwise wrap around in uint8, and one >= num_classes crash
+    the loss, on CUDA with a device-side assert).
     """
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, num_classes: int):
+        self.dataset, self.num_classes = dataset, num_classes
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
         image, label = self.dataset[i][:2]
+        check_images(image, name=f"images (training sample {i})", ndim=3)
+        check_labels(label, self.num_classes, IGNORE_INDEX, shape=image.shape[1:], name=f"labels (training sample {i})")
         return (image.float() * 255).round_().clamp_(0, 255).to(torch.uint8), label.to(torch.uint8)
 
 
@@ -318,7 +326,7 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
         num_workers = 0 if device.type == "cpu" else min(8, max(0, (os.cpu_count() or 1) - 1))
     if cache_in_memory is None:
         cache_in_memory = _estimated_bytes(dataset) < MEMORY_CACHE_BYTES
-    source = _EightBit(dataset)
+    source = _EightBit(dataset, cfg.num_classes)
     if cache_in_memory:
         source = _InMemory(source, progress, num_workers)
     keys = _sample_keys(len(source), cfg.iters * cfg.batch_size, cfg.seed)
@@ -334,7 +342,7 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    losses, lrs = [], []
+    losses, lrs, pending = [], [], []
     running = None
     start = time.perf_counter()
     bar = tqdm(loader, total=cfg.iters, desc=f"train {cfg.model}", disable=not progress, dynamic_ncols=True)
@@ -344,22 +352,26 @@ def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device:
         lrs.append(optimizer.param_groups[0]["lr"])
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             logits = model(images)
-        logits = logits.float()
-        if bool((labels != IGNORE_INDEX).any()):
-            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        else:  # an all-padding batch: the mean over no pixels is NaN; step with a zero loss instead
-            loss = logits.sum() * 0.0
+        # Mean over the valid pixels, written so that an all-padding batch gives 0 (not NaN) without asking the
+        # host whether it is one: every host read waits for the GPU to finish the step.
+        n_valid = (labels != IGNORE_INDEX).sum().clamp_min(1)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum") / n_valid
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training diverged at step {step} (loss={value}); lower cfg.lr")
-        losses.append(value)
-        running = value if running is None else 0.95 * running + 0.05 * value
-        if step % 10 == 0 or step == cfg.iters - 1:
+        pending.append(loss.detach())
+        if len(pending) == _LOSS_READ_EVERY or step == cfg.iters - 1:
+            # One host read per _LOSS_READ_EVERY steps: the losses, the divergence check and the progress bar.
+            values = torch.stack(pending).tolist()
+            pending.clear()
+            first = step + 1 - len(values)
+            for k, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"training diverged at step {first + k} (loss={value}); lower cfg.lr")
+                running = value if running is None else 0.95 * running + 0.05 * value
+            losses.extend(values)
             bar.set_postfix(loss=f"{running:.3f}", lr=f"{lrs[-1]:.2e}", refresh=False)
     bar.close()
     elapsed = time.perf_counter() - start

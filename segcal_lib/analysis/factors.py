@@ -1,0 +1,372 @@
+"""The factor sweeps of chapters 4-7: capacity, crop size, multi-scale testing, prediction correctness.
+
+Every sweep trains or loads its models through :func:`segcal_lib.pipeline.get_model` (so each model is trained once,
+whichever chapter asks first), stores its logits once through :func:`segcal_lib.pipeline.get_logits`, and returns a
+:class:`Sweep`: tidy DataFrames that a chapter plots with seaborn.
+
+- ``metrics``: one row per model x seed x split x setting x metric, with the value and its 95% bootstrap interval over
+  images (``ci_low``, ``ci_high``), see :func:`segcal_lib.analysis.image_sums.metric_rows`;
+- ``models``: one row per trained model: parameters, steps, training time, final loss, plateau step, and whether the
+  run plateaued (:mod:`segcal_lib.analysis.convergence`);
+- ``curves``: the training-loss curves.
+
+The sizes live in :data:`FACTOR_SETTINGS`, one entry per profile. The models of all four chapters are small and are
+trained on small images so that, in the ``fast`` profile, all of them train in CI in about a quarter of an hour on two
+CPU cores; the chapters then read them from the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+
+from segcal_lib import pipeline
+from segcal_lib.analysis.convergence import curve_frame, plateau_step, plateaued, smooth
+from segcal_lib.analysis.correctness import correctness_sums
+from segcal_lib.analysis.image_sums import ImageSums, metric_rows, paired_stat
+from segcal_lib.config import Profile, get_profile
+from segcal_lib.models import config_key, get_model_config, load_metadata
+
+__all__ = ["FACTOR_SETTINGS", "FactorSettings", "Sweep", "capacity_sweep", "correctness_analysis", "crop_sweep",
+           "factor_profile", "factor_settings", "get_factor_model", "multiscale_settings", "multiscale_sweep",
+           "training_sentence"]
+
+
+@dataclass(frozen=True)
+class FactorSettings:
+    """Sizes of the factor chapters in one profile.
+
+    Attributes
+    ----------
+    image_size : (height, width) of the images (training and test).
+    batch_size, lr, scale_range : training settings shared by every model (AdamW, poly schedule, random rescaling).
+    seeds : training seeds per point.
+    capacity_crop : training crop of the capacity sweep, and of the base model of chapters 6 and 7.
+    steps : ``((model, crop), iters)`` pairs: the training steps each model gets at each crop, chosen so that its
+        training loss plateaus (bigger models and bigger crops get more).
+    capacity_models : the models of the capacity sweep, smallest first.
+    base_model : the architecture of the crop sweep and of chapters 6 and 7.
+    crop_sizes : training crops of the crop sweep.
+    scales : test scales of multi-scale testing (with horizontal flips).
+    boundary_radius : pixels within this distance of another label are boundary pixels.
+    """
+
+    image_size: tuple[int, int]
+    batch_size: int
+    lr: float
+    scale_range: tuple[float, float]
+    seeds: tuple[int, ...]
+    capacity_crop: int
+    steps: tuple[tuple[tuple[str, int], int], ...]
+    capacity_models: tuple[str, ...]
+    base_model: str
+    crop_sizes: tuple[int, ...]
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    boundary_radius: int = 1
+
+    def __post_init__(self):
+        for name in (*self.capacity_models, self.base_model):
+            get_model_config(name)  # ValueError naming the known models
+        for model in self.capacity_models:
+            self.iters(model, self.capacity_crop)
+        for crop in self.crop_sizes:
+            self.iters(self.base_model, crop)
+        if self.capacity_crop not in self.crop_sizes or self.base_model not in self.capacity_models:
+            raise ValueError("the base model at the capacity crop must be one point of both sweeps (shared models)")
+
+    def iters(self, model: str, crop: int) -> int:
+        """Training steps of ``model`` at training crop ``crop``."""
+        table = dict(self.steps)
+        if (model, crop) not in table:
+            raise ValueError(f"no step budget for model {model!r} at crop {crop}; known: {sorted(table)}")
+        return table[(model, crop)]
+
+
+FACTOR_SETTINGS: dict[str, FactorSettings] = {
+    "fast": FactorSettings(
+        image_size=(72, 96), batch_size=16, lr=3e-3, scale_range=(0.75, 1.5), seeds=(0, 1), capacity_crop=48,
+        capacity_models=("resnet10t_sixteenth_fpn", "resnet10t_eighth_fpn", "convnext_d8_fpn", "resnet10t_quarter_fpn",
+                         "convnext_d16_fpn", "convnext_d24_fpn"),
+        base_model="resnet10t_quarter_fpn", crop_sizes=(24, 36, 48, 72),
+        # Steps per (model, crop), measured on the synthetic scenes (2 seeds): the ResNets plateaued by 68-78% of the
+        # run at these budgets; ConvNeXt-d8 did not at 800 or 1200 steps (plateau at 83% and 81%; final loss 0.59 and
+        # 0.55), so the ConvNeXts get more (not yet measured at these budgets).
+        steps=((("resnet10t_sixteenth_fpn", 48), 600), (("resnet10t_eighth_fpn", 48), 1000),
+               (("convnext_d8_fpn", 48), 2000), (("resnet10t_quarter_fpn", 48), 1000), (("convnext_d16_fpn", 48), 2000),
+               (("convnext_d24_fpn", 48), 2400), (("resnet10t_quarter_fpn", 24), 1000),
+               (("resnet10t_quarter_fpn", 36), 1000), (("resnet10t_quarter_fpn", 72), 1000))),
+    # Sized for a GPU (not run here: see benchmarks/gpu_factors.sh).
+    "full": FactorSettings(
+        image_size=(360, 480), batch_size=8, lr=5e-4, scale_range=(0.5, 2.0), seeds=(0, 1, 2), capacity_crop=320,
+        capacity_models=("resnet10t_quarter_fpn", "resnet10t_half_fpn", "convnext_atto_fpn", "resnet10t_fpn",
+                         "convnext_pico_fpn", "resnet18_fpn", "resnet34_fpn"),
+        base_model="resnet18_fpn", crop_sizes=(160, 224, 320, 360), boundary_radius=3,
+        steps=((("resnet10t_quarter_fpn", 320), 4000), (("resnet10t_half_fpn", 320), 4000),
+               (("convnext_atto_fpn", 320), 6000), (("resnet10t_fpn", 320), 6000), (("convnext_pico_fpn", 320), 8000),
+               (("resnet18_fpn", 320), 8000), (("resnet34_fpn", 320), 10000), (("resnet18_fpn", 160), 8000),
+               (("resnet18_fpn", 224), 8000), (("resnet18_fpn", 360), 8000))),
+}
+
+
+def factor_settings(profile: Profile | str | None = None, **overrides) -> FactorSettings:
+    """The :class:`FactorSettings` of the active profile (or the one named), with optional field overrides."""
+    name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
+    settings = FACTOR_SETTINGS[name]
+    return replace(settings, **overrides) if overrides else settings
+
+
+def factor_profile(profile: Profile | str | None = None, settings: FactorSettings | None = None) -> Profile:
+    """The profile with the factor chapters' image size (it names the data of every cache entry they use)."""
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    settings = settings or factor_settings(p)
+    return replace(p, image_size=tuple(settings.image_size))
+
+
+@dataclass
+class Sweep:
+    """What a sweep returns.
+
+    Attributes
+    ----------
+    metrics : tidy rows (see the module docstring).
+    models : one row per trained model: ``model``, ``family``, ``params``, ``crop_size``, ``seed``, ``iters``,
+        ``train_time_s`` (as recorded when it was trained), ``final_loss`` (mean loss of the last tenth of the run),
+        ``plateau_step``, ``plateau_loss``, ``plateaued``, ``trained_now`` (trained by this call), ``cpu_time_s``
+        (CPU seconds of this call, training included) and the cache ``key``.
+    curves : training-loss curves (``model``, ``crop_size``, ``seed``, ``step``, ``loss``, ``smoothed``, ...).
+    extras : sweep-specific results, e.g. reliability-diagram data or the paired comparisons.
+    """
+
+    metrics: pd.DataFrame
+    models: pd.DataFrame
+    curves: pd.DataFrame
+    extras: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    if verbose:
+        yield
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+
+def _overrides(model: str, crop: int, seed: int, s: FactorSettings) -> dict:
+    return dict(model=model, crop_size=crop, iters=s.iters(model, crop), seed=seed, batch_size=s.batch_size, lr=s.lr,
+                scale_range=tuple(s.scale_range), pretrained=False)
+
+
+def get_factor_model(dataset: str, model: str, crop: int, seed: int, profile: Profile | str | None = None,
+                     settings: FactorSettings | None = None, progress: bool = False, verbose: bool = False):
+    """Train or load ``model`` at training crop ``crop`` with ``seed``, as the factor sweeps do; return (model, cfg).
+
+    ImageNet weights are not used (``pretrained=False``) so that every model of a sweep starts alike. The returned
+    model carries ``trained_now`` (bool) and ``cpu_time_s`` (CPU seconds this call spent, training included).
+    """
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    s = settings or factor_settings(p)
+    fp = factor_profile(p, s)
+    kw = _overrides(model, crop, seed, s)
+    cached = load_metadata(config_key(pipeline.train_config(dataset, fp, **kw))) is not None
+    start = time.process_time()
+    with _quiet(verbose):
+        net, cfg = pipeline.get_model(dataset, fp, progress=progress, **kw)
+    net.trained_now = not cached
+    net.cpu_time_s = time.process_time() - start
+    return net, cfg
+
+
+def _model_row(net, cfg) -> dict:
+    meta = net.train_meta
+    losses = meta["history"]["loss"]
+    step = plateau_step(losses)
+    return {"model": cfg.model, "family": get_model_config(cfg.model).family, "params": meta["num_params"],
+            "crop_size": cfg.crop_size, "seed": cfg.seed, "iters": meta["iters"], "train_time_s": meta["train_time_s"],
+            "final_loss": float(smooth(losses)[-1]), "plateau_step": step, "plateau_loss": float(smooth(losses)[step]),
+            "plateaued": plateaued(losses), "trained_now": net.trained_now, "cpu_time_s": net.cpu_time_s,
+            "key": net.cache_key}
+
+
+def _train_all(dataset, points, profile, settings, progress, verbose):
+    """Train or load every (model, crop, seed) of ``points``; returns {point: (net, cfg)}, models and curves frames."""
+    nets, rows, histories = {}, [], {}
+    for model, crop, seed in points:
+        net, cfg = get_factor_model(dataset, model, crop, seed, profile, settings, progress, verbose)
+        nets[(model, crop, seed)] = (net, cfg)
+        rows.append(_model_row(net, cfg))
+        histories[(model, crop, seed)] = net.train_meta["history"]["loss"]
+    curves = curve_frame(histories, ("model", "crop_size", "seed"), every=5)
+    return nets, pd.DataFrame(rows), curves
+
+
+def _store_sums(net, cfg, split, profile, settings, inference=None, verbose=False) -> ImageSums:
+    with _quiet(verbose):
+        store = pipeline.get_logits(net, cfg, split, factor_profile(profile, settings), inference=inference,
+                                    progress=False)
+    return ImageSums.from_batches(store.iter_batches(16), store.num_classes, 10)
+
+
+def _setup(dataset, profile, settings, seeds):
+    p = profile if isinstance(profile, Profile) else get_profile(profile)
+    s = settings or factor_settings(p)
+    if dataset not in pipeline.DATASET_NAMES:
+        raise ValueError(f"dataset must be one of {pipeline.DATASET_NAMES}, got {dataset!r}")
+    return p, s, tuple(seeds if seeds is not None else s.seeds)
+
+
+def capacity_sweep(dataset: str = "synthetic", profile: Profile | str | None = None, *,
+                   settings: FactorSettings | None = None, models: Sequence[str] | None = None,
+                   seeds: Sequence[int] | None = None, split: str = "test", progress: bool = False,
+                   verbose: bool = False) -> Sweep:
+    """Chapter 4: models of growing capacity, trained alike (each to its plateau), tested on whole images.
+
+    Parameters
+    ----------
+    dataset : "synthetic" or "camvid".
+    profile : the profile (default the active one); sizes come from :func:`factor_settings`.
+    settings : override the profile's :class:`FactorSettings`.
+    models, seeds : default the settings' ``capacity_models`` and ``seeds``.
+    split : the evaluated split.
+    progress : progress bars while training; verbose: print the cache's loaded/trained lines.
+
+    Returns
+    -------
+    :class:`Sweep` whose ``metrics`` have columns ``dataset``, ``model``, ``family``, ``params``, ``seed``, ``split``,
+    ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n_images``.
+    """
+    p, s, seeds = _setup(dataset, profile, settings, seeds)
+    models = tuple(models or s.capacity_models)
+    nets, table, curves = _train_all(dataset, [(m, s.capacity_crop, k) for m in models for k in seeds], p, s,
+                                     progress, verbose)
+    rows = []
+    for (model, _, seed), (net, cfg) in nets.items():
+        sums = _store_sums(net, cfg, split, p, s, verbose=verbose)
+        keys = {"dataset": dataset, "model": model, "family": get_model_config(model).family,
+                "params": net.train_meta["num_params"], "seed": seed, "split": split}
+        rows += metric_rows(sums, keys, seed=seed)
+    return Sweep(pd.DataFrame(rows), table, curves)
+
+
+def crop_sweep(dataset: str = "synthetic", profile: Profile | str | None = None, *,
+               settings: FactorSettings | None = None, crops: Sequence[int] | None = None,
+               seeds: Sequence[int] | None = None, split: str = "test", progress: bool = False,
+               verbose: bool = False) -> Sweep:
+    """Chapter 5: one architecture trained at several crop sizes; each tested at every crop and on whole images.
+
+    Every model is tested with sliding windows at each crop of the sweep (stride two thirds of the window) and on
+    whole images. The paper's protocol is the diagonal (windows at the training crop); the rest separates the training
+    crop from the test crop.
+
+    Returns
+    -------
+    :class:`Sweep` whose ``metrics`` have columns ``dataset``, ``model``, ``train_crop``, ``test`` ("sliding" or
+    "whole"), ``test_crop`` (window size, or the image height for whole images), ``protocol`` (True on the paper's
+    diagonal), ``seed``, ``split``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n_images``.
+    """
+    p, s, seeds = _setup(dataset, profile, settings, seeds)
+    crops = tuple(crops or s.crop_sizes)
+    nets, table, curves = _train_all(dataset, [(s.base_model, c, k) for c in crops for k in seeds], p, s,
+                                     progress, verbose)
+    rows = []
+    for (model, crop, seed), (net, cfg) in nets.items():
+        tests = [("sliding", c, {"mode": "slide", "crop_size": c}) for c in crops]
+        tests.append(("whole", s.image_size[0], None))
+        for test, test_crop, inference in tests:
+            sums = _store_sums(net, cfg, split, p, s, inference, verbose)
+            keys = {"dataset": dataset, "model": model, "train_crop": crop, "test": test, "test_crop": test_crop,
+                    "protocol": test == "sliding" and test_crop == crop, "seed": seed, "split": split}
+            rows += metric_rows(sums, keys, seed=seed)
+    return Sweep(pd.DataFrame(rows), table, curves)
+
+
+#: Test settings of the multi-scale chapter: name -> inference keyword arguments (None: whole image, one scale).
+def multiscale_settings(settings: FactorSettings) -> dict[str, dict | None]:
+    """The test settings chapter 6 compares: single scale, and multi-scale + flip with softmax or logit averaging."""
+    scales = list(settings.scales)
+    return {"single scale": None,
+            "multi-scale + flip, softmax averaged": {"scales": scales, "flip": True, "average": "probs"},
+            "multi-scale + flip, logits averaged": {"scales": scales, "flip": True, "average": "logits"}}
+
+
+def multiscale_sweep(dataset: str = "synthetic", profile: Profile | str | None = None, *,
+                     settings: FactorSettings | None = None, seeds: Sequence[int] | None = None,
+                     split: str = "test", progress: bool = False, verbose: bool = False) -> Sweep:
+    """Chapter 6: the base model tested at one scale and at several scales with flips (softmax or logit averaging).
+
+    Returns
+    -------
+    :class:`Sweep` whose ``metrics`` have columns ``dataset``, ``model``, ``test``, ``seed``, ``split`` and the metric
+    columns; ``extras["reliability"]`` maps (test, seed) to a reliability result (for :mod:`segcal_lib.plots`) and
+    ``extras["paired"]`` holds, per (test, seed, metric), the paired difference to single scale as (value, low, high).
+    """
+    p, s, seeds = _setup(dataset, profile, settings, seeds)
+    nets, table, curves = _train_all(dataset, [(s.base_model, s.capacity_crop, k) for k in seeds], p, s,
+                                     progress, verbose)
+    rows, reliability, paired = [], {}, {}
+    tests = multiscale_settings(s)
+    for (model, _, seed), (net, cfg) in nets.items():
+        sums = {test: _store_sums(net, cfg, split, p, s, inference, verbose) for test, inference in tests.items()}
+        base = sums["single scale"]
+        for test, su in sums.items():
+            rows += metric_rows(su, {"dataset": dataset, "model": model, "test": test, "seed": seed,
+                                     "split": split}, seed=seed)
+            reliability[(test, seed)] = su.reliability()
+            for metric in ("image_ece", "pooled_ece", "miou", "confidence", "over_confidence", "nll"):
+                paired[(test, seed, metric)] = paired_stat(base, su, metric, seed=seed)
+    return Sweep(pd.DataFrame(rows), table, curves, {"reliability": reliability, "paired": paired})
+
+
+def correctness_analysis(dataset: str = "synthetic", profile: Profile | str | None = None, *,
+                         settings: FactorSettings | None = None, seeds: Sequence[int] | None = None,
+                         split: str = "test", progress: bool = False, verbose: bool = False) -> Sweep:
+    """Chapter 7: ECE of correct / mispredicted / boundary / interior pixels beside the calibrated stand-in; the oracle.
+
+    Returns
+    -------
+    :class:`Sweep` whose ``metrics`` have columns ``dataset``, ``model``, ``labels`` ("model", "stand-in",
+    "oracle"), ``subset``, ``seed``, ``split``, ``pixels`` and the metric columns. ``extras["reliability"]`` maps
+    (labels, subset, seed) to a reliability result; ``extras["removed"]`` maps (oracle subset, seed, metric) to the
+    share of that ECE the oracle removes, ``1 - ECE_oracle / ECE``, as (value, low, high) with a paired interval over
+    images; ``extras["sums"]`` keeps every :class:`ImageSums`.
+    """
+    p, s, seeds = _setup(dataset, profile, settings, seeds)
+    nets, table, curves = _train_all(dataset, [(s.base_model, s.capacity_crop, k) for k in seeds], p, s,
+                                     progress, verbose)
+    rows, reliability, removed, all_sums = [], {}, {}, {}
+    for (model, _, seed), (net, cfg) in nets.items():
+        with _quiet(verbose):
+            store = pipeline.get_logits(net, cfg, split, factor_profile(p, s), progress=False)
+        sums = correctness_sums(store.iter_batches(16), store.num_classes, 10, s.boundary_radius, seed=seed)
+        for (labels, subset), su in sums.items():
+            keys = {"dataset": dataset, "model": model, "labels": labels, "subset": subset, "seed": seed,
+                    "split": split, "pixels": float(su.pixels().sum())}
+            rows += metric_rows(su, keys, seed=seed)
+            reliability[(labels, subset, seed)] = su.reliability()
+            all_sums[(labels, subset, seed)] = su
+        for subset in ("all", "boundary", "interior"):
+            for metric in ("image_ece", "pooled_ece"):
+                removed[(subset, seed, metric)] = paired_stat(sums[("model", "all")], sums[("oracle", subset)], metric,
+                                                              fn=lambda a, b: 1 - b / a, seed=seed)
+    return Sweep(pd.DataFrame(rows), table, curves,
+                 {"reliability": reliability, "removed": removed, "sums": all_sums})
+
+
+def training_sentence(models: pd.DataFrame) -> str:
+    """One sentence about a sweep's ``models`` frame: how many runs plateaued, which did not, what this run trained."""
+    n_ok, n = int(models["plateaued"].sum()), len(models)
+    text = f"{n_ok} of {n} training runs plateaued (`analysis.plateaued`)."
+    late = models[~models["plateaued"]]
+    if len(late):
+        text += " Still falling at 80% of the run, so under-trained: " + ", ".join(
+            f"{r.model} at crop {r.crop_size} (seed {r.seed})" for r in late.itertuples()) + "."
+    trained = models[models["trained_now"]]
+    if len(trained) == 0:
+        return text + f" All {n} came from the cache."
+    return (text + f" This run trained {len(trained)} of them in {trained['train_time_s'].sum():.0f} s and loaded "
+            f"{n - len(trained)} from the cache.")
