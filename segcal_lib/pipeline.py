@@ -52,7 +52,8 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
     and any other :class:`~segcal_lib.data.folder.FolderDataset` argument) is resized to fit the profile's image size
     keeping its aspect ratio (``resize="pad:HxW"``; pass ``resize=`` to change it) and gets an ``identity``: a hash of
     its files' names and sizes, the split's members and the class list, so that the cache keys of models and logits
-    change whenever the data or the split do.
+    change whenever the data or the split do. ``shift`` and ``severity`` name a
+    shift or corruption of the images (:func:`segcal_lib.data.list_shifts`) for any data set.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"name must be one of {DATASET_NAMES}, got {name!r}")
@@ -73,15 +74,13 @@ def data_spec(name: str, split: str, profile: Profile | str | None = None, shift
     spec = {"name": name, "split": split, "size": list(p.image_size)}
     if name == "synthetic":
         spec.update(n=getattr(p, _SPLIT_SIZE[split]), seed=0)
-        if shift is not None or severity is not None:
-            if shift not in SHIFTS:
-                raise ValueError(f"shift must be one of {sorted(SHIFTS)} when a severity is given, got {shift!r}")
-            if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
-                raise ValueError(f"severity must be an int in 1..5 with shift={shift!r}, got {severity!r} "
-                                 f"(for the unshifted scenes leave both out)")
-            spec.update(shift=shift, severity=severity)
-    elif shift is not None or severity is not None:
-        raise ValueError("shift applies to synthetic scenes; for CamVid use domain='dusk' or 'day'")
+    if shift is not None or severity is not None:  # a shift or corruption of the images, for any data set
+        if shift not in SHIFTS:
+            raise ValueError(f"shift must be one of {list(SHIFTS)} when a severity is given, got {shift!r}")
+        if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= 5:
+            raise ValueError(f"severity must be an int in 1..5 with shift={shift!r}, got {severity!r} "
+                             f"(for the unshifted data leave both out)")
+        spec.update(shift=shift, severity=severity)
     spec.update(extra)
     if name == "camvid":
         root = find_camvid() if "root" not in spec else Path(spec["root"]).expanduser()
@@ -169,7 +168,7 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
     ----------
     model, cfg : as returned by :func:`get_model`.
     split : "val" (the calibration split), "test", or "train".
-    shift, severity : a named synthetic domain shift (see :mod:`segcal_lib.data.shifts`) and its severity 1..5.
+    shift, severity : a named shift or corruption of the images (:func:`segcal_lib.data.list_shifts`), 1..5.
     inference : keyword arguments of :func:`segcal_lib.inference.predict_logits` (whole image by default).
     extra : passed on to :func:`data_spec` (e.g. ``domain="dusk"`` for CamVid). A folder's root, resize and class
         settings are taken from ``cfg.data`` (the data the model was trained on) unless given here.

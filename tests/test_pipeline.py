@@ -22,12 +22,20 @@ def test_data_spec_follows_the_profile_and_loads():
     ds = pipeline.load_dataset(spec)
     assert len(ds) == p.n_test and ds[0].image.shape[1:] == p.image_size
     assert pipeline.data_spec("camvid", "val", "fast", domain="day")["domain"] == "day"
+    camvid = pipeline.data_spec("camvid", "test", "fast", shift="blur", severity=3, domain="day")
+    assert {k: camvid[k] for k in ("split", "shift", "severity", "domain")} == {
+        "split": "test", "shift": "blur", "severity": 3, "domain": "day"}
+    shifted, plain = pipeline.load_dataset(camvid), pipeline.load_dataset(pipeline.data_spec("camvid", "test", "fast",
+                                                                                             domain="day"))
+    assert len(shifted) == len(plain) and torch.equal(shifted[0].label, plain[0].label)
+    assert shifted[0].name == plain[0].name + "+blur3"
 
 
 @pytest.mark.parametrize(("args", "kw", "match"), [
     (("imagenet", "val"), {}, "name must be one of"),
     (("synthetic", "holdout"), {}, "split must be one of"),
-    (("camvid", "test"), {"shift": "fog"}, "shift applies to synthetic"),
+    (("camvid", "test"), {"shift": "blur"}, "severity must be"),
+    (("synthetic", "test"), {"shift": "snow", "severity": 2}, "shift must be one of"),
 ])
 def test_data_spec_rejects_bad_requests(args, kw, match):
     with pytest.raises(ValueError, match=match):

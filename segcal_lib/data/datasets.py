@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from segcal_lib.config import cache_dir
 from segcal_lib.data.base import IGNORE_INDEX, Sample
+from segcal_lib.data.shifts import ShiftedDataset
 from segcal_lib.data.synthetic import CLASS_NAMES, PALETTE, SPLIT_ALIASES, SyntheticScenes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -425,11 +426,20 @@ def get_dataset(name: str, split: str = "train", **kw) -> Dataset:
         (:class:`~segcal_lib.data.folder.FolderDataset`: pass ``root``, or ``image_dir`` and ``label_dir``, which may
         contain ``{split}``).
     split : "train", "val" ("cal") or "test" ("all" for a folder without splits).
-    **kw : passed on to the data set's constructor.
+    **kw : passed on to the data set's constructor; ``shift`` and ``severity`` (a name from
+        :func:`~segcal_lib.data.shifts.list_shifts` and 0..5) work for every data set (the synthetic scenes take
+        them themselves; the others are wrapped in :class:`~segcal_lib.data.shifts.ShiftedDataset`).
 
     >>> get_dataset("synthetic", "val", n=2)[0].image.shape
     torch.Size([3, 96, 128])
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
-    return DATASETS[name](split, **kw)
+    if name == "synthetic" or not {"shift", "severity"} & kw.keys():
+        return DATASETS[name](split, **kw)
+    shift, severity = kw.pop("shift", None), kw.pop("severity", 0)
+    if shift is None:
+        if severity:
+            raise ValueError(f"severity={severity!r} needs a shift name")
+        return DATASETS[name](split, **kw)
+    return ShiftedDataset(DATASETS[name](split, **kw), shift, severity)

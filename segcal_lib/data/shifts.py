@@ -1,5 +1,10 @@
 """Named domain shifts of images: dusk, fog, colour, texture and sensor noise, each at severity 0 (identity) to 5.
 
+This module also holds the one registry of image transforms by name (:data:`SHIFTS`, :func:`list_shifts`,
+:func:`register_shift`): the common corruptions of :mod:`segcal_lib.data.corruptions` (blur, Gaussian noise,
+brightness, contrast, JPEG) register themselves in it, so that :func:`apply_shift`, the synthetic scenes,
+:class:`ShiftedDataset` and the pipeline take either kind by name.
+
 A shift changes only the image, never the label, so a model's predictions on shifted data can be scored against the
 same ground truth. Every shift works on an image (3, H, W) or a batch (N, 3, H, W) of float RGB in [0, 1], synthetic or
 real (CamVid), and is deterministic given ``seed``. Results are kept in [0, 1]: where a shift's physical model
@@ -16,8 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from segcal_lib.data.base import Sample
 
 MAX_SEVERITY = 5
 
@@ -114,6 +123,8 @@ def _noise(x: torch.Tensor, s: float, gen: torch.Generator) -> torch.Tensor:
 _IMPLEMENTATIONS: dict[str, Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]] = {
     "dusk": _dusk, "fog": _fog, "colour": _colour, "texture": _texture, "noise": _noise,
 }
+#: The kind of each registered transform: "shift" (this module) or "corruption" (:mod:`.corruptions`).
+SHIFT_KINDS: dict[str, str] = dict.fromkeys(_IMPLEMENTATIONS, "shift")
 
 
 def apply_shift(image: torch.Tensor, name: str, severity: int, seed: int = 0) -> torch.Tensor:
@@ -122,9 +133,10 @@ def apply_shift(image: torch.Tensor, name: str, severity: int, seed: int = 0) ->
     Parameters
     ----------
     image : float tensor (3, H, W) or (N, 3, H, W), RGB in [0, 1].
-    name : one of ``SHIFTS`` ("dusk", "fog", "colour", "texture", "noise").
+    name : one of :func:`list_shifts` (the shifts "dusk", "fog", "colour", "texture", "noise" and the corruptions of
+        :mod:`segcal_lib.data.corruptions`).
     severity : int 0..5; 0 returns an unchanged copy, 5 is the strongest.
-    seed : seeds the random parts ("texture", "noise"); the others are deterministic anyway.
+    seed : seeds the random parts (e.g. "texture", "noise"); the others are deterministic anyway.
 
     Returns
     -------
@@ -170,7 +182,84 @@ def noise(image: torch.Tensor, severity: int = 3, seed: int = 0) -> torch.Tensor
     return apply_shift(image, "noise", severity, seed)
 
 
-#: Registry of the named shifts: name -> ``fn(image, severity=3, seed=0)``.
+#: Registry of the named shifts and corruptions: name -> ``fn(image, severity=3, seed=0)``.
 SHIFTS: dict[str, Callable[..., torch.Tensor]] = {
     "dusk": dusk, "fog": fog, "colour": colour, "texture": texture, "noise": noise,
 }
+
+
+def register_shift(name: str, implementation: Callable[[torch.Tensor, float, torch.Generator], torch.Tensor],
+                   function: Callable[..., torch.Tensor], kind: str = "shift") -> None:
+    """Add a transform to the registry, so that :func:`apply_shift` and the data sets take it by name.
+
+    Parameters
+    ----------
+    name : the registry name (must be new).
+    implementation : ``impl(batch (N, 3, H, W), s, generator) -> batch`` with ``s = severity / 5`` in (0, 1];
+        :func:`apply_shift` checks the input, handles severity 0 and the batch dimension, and casts back.
+    function : the public ``fn(image, severity=3, seed=0)`` listed in :data:`SHIFTS`.
+    kind : "shift" or "corruption" (see :func:`list_shifts`).
+    """
+    if name in _IMPLEMENTATIONS:
+        raise ValueError(f"a shift named {name!r} is already registered")
+    if kind not in ("shift", "corruption"):
+        raise ValueError(f"kind must be 'shift' or 'corruption', got {kind!r}")
+    _IMPLEMENTATIONS[name], SHIFTS[name], SHIFT_KINDS[name] = implementation, function, kind
+
+
+def list_shifts(kind: str | None = None) -> list[str]:
+    """Registered names in registration order; ``kind`` "shift" or "corruption" keeps only that kind.
+
+    >>> list_shifts("shift")
+    ['dusk', 'fog', 'colour', 'texture', 'noise']
+    """
+    if kind not in (None, "shift", "corruption"):
+        raise ValueError(f"kind must be None, 'shift' or 'corruption', got {kind!r}")
+    return [n for n, k in SHIFT_KINDS.items() if kind is None or k == kind]
+
+
+def image_seed(seed: int, *index: int) -> int:
+    """The seed of one image's shift in a data set seeded ``seed``: one independent stream per image.
+
+    ``index`` identifies the image (e.g. its position, or split id and position).
+    """
+    return int(np.random.SeedSequence([int(seed), *(int(i) for i in index), 7]).generate_state(1)[0])
+
+
+class ShiftedDataset(Dataset):
+    """A data set whose images go through a named shift or corruption; labels, names and attributes are kept.
+
+    Parameters
+    ----------
+    dataset : any data set of :class:`~segcal_lib.data.base.Sample` (e.g. CamVid).
+    shift : a name from :func:`list_shifts`.
+    severity : int 1..5 (0 returns the images unchanged).
+    seed : seeds the random transforms; image ``i`` uses :func:`image_seed` ``(seed, i)``, so an item is the same
+        whichever order it is read in.
+
+    Items are samples with the shifted image and the name ``"<name>+<shift><severity>"``. Other attributes
+    (``num_classes``, ``class_names``, ``palette``, ...) are those of ``dataset``.
+    """
+
+    def __init__(self, dataset: Dataset, shift: str, severity: int, seed: int = 0):
+        if shift not in SHIFTS:
+            raise ValueError(f"unknown shift {shift!r}; known shifts: {list_shifts()}")
+        self.dataset, self.shift, self.severity = dataset, shift, _check_severity(severity)
+        _generator(seed)  # validates seed
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Sample:
+        s = self.dataset[i]
+        image = apply_shift(s.image, self.shift, self.severity, seed=image_seed(self.seed, i))
+        return Sample(image, s.label, f"{s.name}+{self.shift}{self.severity}")
+
+    def __getattr__(self, name: str):
+        if name == "dataset":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __repr__(self) -> str:
+        return f"ShiftedDataset({self.dataset!r}, shift={self.shift!r}, severity={self.severity}, seed={self.seed})"

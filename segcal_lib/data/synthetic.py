@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from segcal_lib.config import get_profile
 from segcal_lib.data.base import IGNORE_INDEX, Sample
-from segcal_lib.data.shifts import SHIFTS, apply_shift
+from segcal_lib.data.shifts import SHIFTS, apply_shift, image_seed
 
 #: CamVid's 11 classes in train-id order (SegNet tutorial); 255 is ignore.
 CLASS_NAMES: tuple[str, ...] = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
@@ -864,8 +864,7 @@ class SyntheticScenes(Dataset):
         name = f"synthetic/{self.split}/{int(i)}"
         if self.shift is not None and self.severity > 0:
             # A per-scene seed, so noise differs between scenes but is repeatable.
-            shift_seed = int(np.random.SeedSequence([self.seed, SPLIT_IDS[self.split], int(i), 7]).generate_state(1)[0])
-            img = apply_shift(img, self.shift, self.severity, seed=shift_seed)
+            img = apply_shift(img, self.shift, self.severity, seed=image_seed(self.seed, SPLIT_IDS[self.split], i))
             name += f"+{self.shift}{self.severity}"
         return Sample(img, torch.from_numpy(label.astype(np.int64)), name)
 
