@@ -170,19 +170,19 @@ def folder(tmp_path):
 
 
 def test_any_reader_takes_a_shift_by_name(folder):
-    plain = get_dataset("folder", "test", **folder)
-    blurred = get_dataset("folder", "test", shift="gaussian_noise", severity=2, **folder)
+    plain = get_dataset("folder", "all", **folder)
+    blurred = get_dataset("folder", "all", shift="gaussian_noise", severity=2, **folder)
     assert isinstance(blurred, ShiftedDataset) and len(blurred) == len(plain) and blurred.num_classes == 3
     for i in range(len(plain)):
         a, b = plain[i], blurred[i]
         assert torch.equal(a.label, b.label) and b.name == f"{a.name}+gaussian_noise2"
         assert torch.equal(b.image, apply_shift(a.image, "gaussian_noise", 2, seed=image_seed(0, i)))
     assert not torch.equal(blurred[0].image - plain[0].image, blurred[1].image - plain[1].image)  # per-image noise
-    assert torch.equal(get_dataset("folder", "test", shift=None, severity=0, **folder)[0].image, plain[0].image)
+    assert torch.equal(get_dataset("folder", "all", shift=None, severity=0, **folder)[0].image, plain[0].image)
     with pytest.raises(ValueError, match="needs a shift"):
-        get_dataset("folder", "test", severity=2, **folder)
+        get_dataset("folder", "all", severity=2, **folder)
     with pytest.raises(ValueError, match="unknown shift"):
-        get_dataset("folder", "test", shift="snow", severity=2, **folder)
+        get_dataset("folder", "all", shift="snow", severity=2, **folder)
 
 
 def test_synthetic_scenes_take_corruptions_too():

@@ -89,7 +89,7 @@ def _jpeg(x: torch.Tensor, s: float, gen: torch.Generator) -> torch.Tensor:
     out = []
     for img in (x.detach().cpu().double().clamp(0, 1) * 255).round().to(torch.uint8):
         buf = io.BytesIO()
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=quality)
+        Image.fromarray(img.permute(1, 2, 0).cpu().numpy()).save(buf, format="JPEG", quality=quality)
         buf.seek(0)
         with Image.open(buf) as im:
             out.append(torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255))
