@@ -196,7 +196,8 @@ class CalibrationMeter(Meter):
     estimators : other ECE estimators to report besides the plug-in one: any of ``"debiased"`` and ``"adaptive"``
         (equal-mass bins); see :mod:`segcal_lib.ece_estimators`. They add keys ``<name>_ece``, ``<name>_image_ece``
         and ``<name>_image_eces`` to :meth:`compute` and keep ``fine_bins`` sub-bins per image.
-    fine_bins : sub-bins kept per image for ``estimators`` (a multiple of ``n_bins``; default 1000).
+    fine_bins : sub-bins kept per image for ``estimators`` (a multiple of ``n_bins``; default: the smallest
+        multiple of ``n_bins`` that is at least 1000).
 
     Examples
     --------
@@ -214,7 +215,7 @@ class CalibrationMeter(Meter):
                  compute_dtype: torch.dtype | None = None, validate: bool = True,
                  precision: Literal["exact", "fast"] | None = None,
                  backend: Literal["auto", "fused", "reference"] = "auto", estimators: tuple = (),
-                 fine_bins: int = DEFAULT_FINE_BINS):
+                 fine_bins: int | None = None):
         num_classes = check_num_classes(num_classes)
         n_bins = check_positive_int(n_bins, "n_bins")
         check_ignore_index(ignore_index, num_classes)
@@ -228,6 +229,8 @@ class CalibrationMeter(Meter):
         self.inputs, self.classwise, self.validate = inputs, classwise, validate
         if isinstance(estimators, str) or not set(estimators) <= set(ESTIMATORS):
             raise ValueError(f"estimators must be a tuple of names from {ESTIMATORS}, got {estimators!r}")
+        if fine_bins is None:  # the smallest multiple of n_bins that is at least DEFAULT_FINE_BINS
+            fine_bins = n_bins * -(-DEFAULT_FINE_BINS // n_bins)
         self.estimators, self.fine_bins = tuple(estimators), fine_bins
         b, c, f64 = n_bins, (num_classes if classwise else 0), torch.float64
         for name in ("bin_count", "bin_conf", "bin_hits"):
