@@ -234,7 +234,7 @@ def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
 
     profile = get_profile("fast", n_train=4, n_test=3)
     settings = analysis.factor_settings(
-        "fast", image_size=(32, 40), batch_size=2, seeds=(0, 1), capacity_crop=32, crop_sizes=(32,),
+        "fast", image_size=(32, 40), batch_size=2, seeds=(0, 1), capacity_crop=32, crop_sizes=(32,), n_train=4,
         capacity_models=("resnet10t_eighth_fpn", "convnext_d8_fpn"), base_model="resnet10t_eighth_fpn",
         steps=((("resnet10t_eighth_fpn", 32), 3), (("convnext_d8_fpn", 32), 3)))
     sweep = analysis.capacity_sweep("synthetic", profile, settings=settings)
