@@ -224,7 +224,7 @@ def test_factor_settings_check_shared_points():
     with pytest.raises(ValueError, match="step budget"):
         s.iters("resnet50_fpn", 7)
     with pytest.raises(ValueError, match="shared"):
-        analysis.factor_settings("fast", crop_sizes=(24, 36))
+        analysis.factor_settings("fast", crop_sizes=(24, 32))
 
 
 @pytest.mark.slow
@@ -234,7 +234,7 @@ def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
 
     profile = get_profile("fast", n_train=4, n_test=3)
     settings = analysis.factor_settings(
-        "fast", image_size=(32, 40), batch_size=2, seeds=(0, 1), capacity_crop=32, crop_sizes=(32,), n_train=4,
+        "fast", image_size=(32, 40), batch_size=2, seeds=(0, 1), capacity_crop=32, crop_sizes=(32,),
         capacity_models=("resnet10t_eighth_fpn", "convnext_d8_fpn"), base_model="resnet10t_eighth_fpn",
         steps=((("resnet10t_eighth_fpn", 32), 3), (("convnext_d8_fpn", 32), 3)))
     sweep = analysis.capacity_sweep("synthetic", profile, settings=settings)
