@@ -224,7 +224,7 @@ def test_factor_settings_check_shared_points():
     with pytest.raises(ValueError, match="step budget"):
         s.iters("resnet50_fpn", 7)
     with pytest.raises(ValueError, match="shared"):
-        analysis.factor_settings("fast", crop_sizes=(24, 32))
+        analysis.factor_settings("fast", crop_sizes=(24, 36))
 
 
 @pytest.mark.slow
