@@ -51,6 +51,7 @@ IN_DOMAIN = "in-domain"
 CAMVID_REAL_SHIFT = {"train": {"exclude_sequences": ["0001TP"]}, "test": {"domain": "day"},
                      "shifted": {"dusk (0001TP)": {"domain": "dusk"}}}
 _LABELS = {v: k for k, v in paper.METHOD_TO_CALIBRATOR.items() if v is not None} | {REFERENCE: "Uncal"}
+_METRIC_NAMES = {"image_ece": "image-wise ECE", "ece": "pooled ECE", "delta_image_ece": "image-wise ECE - Uncal"}
 
 
 def method_label(name: str) -> str:
@@ -565,7 +566,7 @@ def plot_severity_curves(df: pd.DataFrame, metric: str = "image_ece", shifts: Se
     for ax in axes.flat[len(shifts):]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel(metric.replace("_", " "), fontsize=9)
+        ax.set_ylabel(_METRIC_NAMES.get(metric, metric.replace("_", " ")), fontsize=9)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 6), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
@@ -604,8 +605,9 @@ def plot_by_severity(df: pd.DataFrame, metrics: Mapping[str, str], height: float
         ax.tick_params(labelsize=8)
         ax.set_xlabel("severity", fontsize=9)
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    rows = -(-len(shifts) // 5)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(shifts), 5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1 * (1 + (len(shifts) > 5)), 1, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.07 * rows, 1, 1))
     return fig
 
 
