@@ -6,6 +6,9 @@ severities, plus any other test sets (e.g. CamVid's dusk frames), for every regi
 tidy DataFrame: a row per test set x calibrator x metric with ``value``, ``low``, ``high`` (95% bootstrap interval
 over images where one is defined). :func:`table2` and :func:`paper_table2` turn it into the paper's layout;
 :func:`plot_severity_curves` draws ECE against severity; :func:`selector_table` reports selector degradation.
+:func:`selective_sweep` follows one fitted selective calibrator over the same test sets (its selector's detection
+quality, chapter 9's rule of thumb and the measured gain over its base), :func:`rule_table` sets the rule beside the
+measurement and :func:`plot_by_severity` draws such metrics against severity, one line per shift.
 
 Selector protocol: a calibrator that flags pixels (selective scaling) may define
 ``selector_quality(logits (N, C, H, W), labels (N, H, W)[, images]) -> dict[str, float]`` (e.g. ``accuracy``,
