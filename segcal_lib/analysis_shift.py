@@ -496,7 +496,8 @@ def rule_table(df: pd.DataFrame) -> pd.DataFrame:
 
     Columns: ``severity``, ``precision`` (selector, for mispredicted), ``break-even precision``, ``predicted gain``
     (rule of thumb), ``gain`` / ``low`` / ``high`` (measured, base minus selective image-wise ECE, paired 95%
-    interval), ``rule says`` ("helps" when the predicted gain is positive, else "hurts"), ``measured``
+    interval), ``rule says`` ("helps" / "hurts" when the predicted gain is positive / negative, "no change" when
+    it is 0, i.e. nothing was flagged), ``measured``
     ("helps" / "hurts" when the interval excludes 0, else "within noise") and ``same sign`` (the signs of the
     predicted and the measured mean gain agree).
     """
@@ -512,7 +513,8 @@ def rule_table(df: pd.DataFrame) -> pd.DataFrame:
                         "break-even precision": wide["break_even_precision"],
                         "predicted gain": wide["predicted_gain"], "gain": wide["gain"], "low": ci["low"],
                         "high": ci["high"]})
-    out["rule says"] = np.where(out["predicted gain"] > 0, "helps", "hurts")
+    g = out["predicted gain"]
+    out["rule says"] = np.where(g > 0, "helps", np.where(g < 0, "hurts", "no change"))  # 0: nothing flagged
     out["measured"] = ["helps" if lo > 0 else "hurts" if hi < 0 else "within noise"
                        for lo, hi in zip(out["low"], out["high"], strict=True)]
     out["same sign"] = np.sign(out["predicted gain"]) == np.sign(out["gain"])

@@ -358,11 +358,16 @@ def test_rule_table_follows_the_frame(selective):
     r = ash.rule_table(df)
     assert list(r.index) == list(sets) and r.loc["fog 4", "severity"] == 4
     for _, row in r.iterrows():
-        assert row["rule says"] == ("helps" if row["predicted gain"] > 0 else "hurts")
+        g = row["predicted gain"]
+        assert row["rule says"] == ("helps" if g > 0 else "hurts" if g < 0 else "no change")
         assert row["measured"] == ("helps" if row["low"] > 0 else "hurts" if row["high"] < 0 else "within noise")
         assert row["same sign"] == (np.sign(row["predicted gain"]) == np.sign(row["gain"]))
     with pytest.raises(ValueError, match="selective_sweep"):
         ash.rule_table(df[df["metric"] != "gain"])
+    # Nothing flagged (a selector that never fires): the rule predicts no change.
+    quiet = df.copy()
+    quiet.loc[quiet["metric"] == "predicted_gain", "value"] = 0.0
+    assert (ash.rule_table(quiet)["rule says"] == "no change").all()
 
 
 def test_selective_sweep_rejects_what_it_cannot_run(tiny):
