@@ -224,7 +224,7 @@ def _instantiate(values: tuple) -> str:
 
 _SOURCE = _COMMON + "\n" + "\n".join(_instantiate(v) for v in _INSTANCES)
 
-_state: dict = {"lib": None, "why": None, "tried": False, "pool": None, "pool_size": 0}
+_state: dict = {"lib": None, "why": None, "tried": False, "pool": None, "pool_size": 0, "pid": None}
 _lock = threading.Lock()
 
 
@@ -290,11 +290,13 @@ def native_status() -> str:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
+    """A pool of ``n`` threads, made anew after a fork (a forked child has none of its parent's threads)."""
     with _lock:
-        if _state["pool_size"] != n:
-            if _state["pool"] is not None:
+        if _state["pool_size"] != n or _state.get("pid") != os.getpid():
+            if _state["pool"] is not None and _state.get("pid") == os.getpid():
                 _state["pool"].shutdown(wait=False)
-            _state["pool"], _state["pool_size"] = ThreadPoolExecutor(n, thread_name_prefix="segcal-native"), n
+            _state["pool"] = ThreadPoolExecutor(n, thread_name_prefix="segcal-native")
+            _state["pool_size"], _state["pid"] = n, os.getpid()
         return _state["pool"]
 
 

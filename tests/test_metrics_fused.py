@@ -2,6 +2,7 @@
 test_metrics."""
 
 import math
+import multiprocessing
 import shutil
 
 import numpy as np
@@ -268,3 +269,24 @@ def test_native_backend_is_refused_where_it_cannot_run(monkeypatch):
         CalibrationMeter(3, backend="native").update(scores, labels)
     auto = CalibrationMeter(3).update(scores, labels).compute()  # "auto" falls back to the fused pass
     assert_matches_brute(auto, reference(scores, labels), TOL["exact"])
+
+
+def _native_ece(scores, labels):
+    return CalibrationMeter(scores.shape[1], backend="native").update(scores, labels).compute()["ece"]
+
+
+def _pool_id():
+    return id(native._pool(2))
+
+
+@needs_native
+def test_native_threads_work_in_a_forked_child(monkeypatch):
+    # A forked child inherits the parent's thread-pool object but none of its threads: work sent to it could wait
+    # forever (whether it does depends on timing), so the child must make a pool of its own.
+    monkeypatch.setattr(native, "_MIN_PIXELS_PER_THREAD", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    scores, labels = random_batch(n=2, c=5, h=16, w=16, seed=14)
+    want = _native_ece(scores, labels)  # the parent's pool now exists
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_pool_id).get(timeout=60) != _pool_id()
+        assert pool.apply_async(_native_ece, (scores, labels)).get(timeout=60) == want
