@@ -295,7 +295,7 @@ class CalibrationMeter(Meter):
         -------
         self, so that ``meter.update(...).compute()`` reads well.
         """
-        native = self._uses_native(scores)
+        native = self._uses_native(scores, labels, mask)
         if self.validate:  # the native pass screens label values and finiteness itself (see below)
             _check_scores_labels(scores, labels, self.num_classes, self.ignore_index, mask, label_values=not native)
             if not native or self.inputs == "probs":
@@ -313,11 +313,12 @@ class CalibrationMeter(Meter):
             self._update_chunk(scores[s:s + step], labels[s:s + step], m)
         return self
 
-    def _uses_native(self, scores: torch.Tensor) -> bool:
+    def _uses_native(self, scores, labels, mask) -> bool:
         """Whether this batch goes through the native kernel (CPU tensors, ``backend`` "auto" or "native")."""
         if self.backend not in ("auto", "native"):
             return False
-        on_cpu = isinstance(scores, torch.Tensor) and scores.device.type == "cpu" and self.device.type == "cpu"
+        on_cpu = self.device.type == "cpu" and all(
+            isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in (scores, labels, mask) if t is not None)
         if self.backend == "native" and not (on_cpu and metrics_native.available()):
             raise ValueError(f"backend='native' needs CPU tensors and a C compiler ({metrics_native.native_status()});"
                              f" use backend='auto' or 'fused'")

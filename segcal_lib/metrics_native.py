@@ -327,7 +327,7 @@ def calibration_sums(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
     n, c, p = scores.shape
     b = edges.numel() - 1
     labels = labels.to(torch.int64).contiguous()
-    mask_u8 = None if mask is None else mask.contiguous().view(torch.uint8)
+    mask_u8 = None if mask is None else mask.to(torch.bool).contiguous().view(torch.uint8)
     edges = edges.to(torch.float64).contiguous()
     first_edge = edges[1].to(dtype)
     if first_edge.double() < edges[1]:  # the smallest dtype number at or above the first edge (as bin_index)
