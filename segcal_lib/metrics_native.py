@@ -17,7 +17,8 @@ Why C, and how it is built (measured with ``python -m segcal_lib.bench`` on two 
   loops (``exp`` as a polynomial, so no library call stops the vectoriser) and does the rest per pixel.
 - Threads: the pixels are split between ``torch.get_num_threads()`` Python threads; ctypes releases the GIL.
 - Without a C compiler (or on a GPU) the meter uses :mod:`segcal_lib.metrics_fused` instead (``backend="auto"``);
-  :func:`native_status` says why.
+  :func:`native_status` says why. The kernel is also set aside when a small self-test against the fused pass fails
+  on this machine, and ``SEGCAL_NATIVE=0`` switches it off.
 
 Precision: ``exact`` computes the per-pixel terms in float64 (``exp`` to within an ulp or two of the C library's),
 ``fast`` in float32; both accumulate in float64, as the other backends do, and bin by the same rule
@@ -273,10 +274,35 @@ def _library() -> ctypes.CDLL | None:
                 _state["why"] = "switched off by SEGCAL_NATIVE=0"
             else:
                 try:
-                    _state["lib"] = _compile()
+                    lib = _compile()
+                    _self_test(lib)
+                    _state["lib"] = lib
                 except (OSError, subprocess.SubprocessError) as err:
                     _state["why"] = str(err)
         return _state["lib"]
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """A small batch through every compiled variant against the fused PyTorch pass: a compiler or CPU on which the
+    kernel goes wrong makes the backend unavailable (the meter then uses the fused pass) instead of wrong."""
+    from segcal_lib.metrics_fused import calibration_sums as fused_sums
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (2, 300), generator=g)
+    labels[:, :20] = 255
+    edges = torch.arange(11, dtype=torch.float64) / 10
+    for scores in (torch.randn(2, 7, 300, generator=g, dtype=torch.float64) * 4,):
+        for inputs, x in (("logits", scores), ("probs", scores.softmax(1))):
+            for x_in in (x, x.float()):
+                for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 1e-3)):
+                    ours = _sums(lib, x_in, labels, None, 255, inputs, dtype, edges, True)
+                    valid = labels != 255
+                    ref = fused_sums(x_in, labels.where(valid, 0), valid, inputs, dtype, edges, True)
+                    counts_equal = torch.equal(ours[0][0], ref[0][0]) and torch.equal(ours[3][2], ref[3][2])
+                    close = all(torch.allclose(a, b, rtol=tol, atol=tol) for a, b in zip(ours[:4], ref, strict=True))
+                    if not (counts_equal and close and ours[4:] == (0, 0)):
+                        raise OSError(f"the compiled kernel disagrees with the fused pass ({inputs}, {x_in.dtype} "
+                                      f"scores, {dtype} terms): not used")
 
 
 def available() -> bool:
@@ -324,6 +350,10 @@ def calibration_sums(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
     lib = _library()
     if lib is None:
         raise ValueError(f"backend='native' is not available here ({native_status()}); use backend='fused'")
+    return _sums(lib, scores, labels, mask, ignore_index, inputs, dtype, edges, classwise)
+
+
+def _sums(lib: ctypes.CDLL, scores, labels, mask, ignore_index, inputs, dtype, edges, classwise):
     n, c, p = scores.shape
     b = edges.numel() - 1
     labels = labels.to(torch.int64).contiguous()

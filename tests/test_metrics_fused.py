@@ -290,3 +290,12 @@ def test_native_threads_work_in_a_forked_child(monkeypatch):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_pool_id).get(timeout=60) != _pool_id()
         assert pool.apply_async(_native_ece, (scores, labels)).get(timeout=60) == want
+
+
+def test_native_self_test_rejects_a_kernel_that_is_wrong_here():
+    class Broken:  # a "library" whose every function returns without writing: all sums stay 0
+        def __getattr__(self, name):
+            return lambda *args: None
+
+    with pytest.raises(OSError, match="disagrees with the fused pass"):
+        native._self_test(Broken())
