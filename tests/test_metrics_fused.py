@@ -299,3 +299,24 @@ def test_native_self_test_rejects_a_kernel_that_is_wrong_here():
 
     with pytest.raises(OSError, match="disagrees with the fused pass"):
         native._self_test(Broken())
+
+
+def test_fused_tile_loop_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    scores, labels = random_batch(n=2, c=7, h=20, w=30, seed=15)
+    seen = []
+    tiles = fused._reduce_tiles
+
+    def spy(*args, **kw):
+        seen.append(torch.get_num_threads())
+        return tiles(*args, **kw)
+
+    monkeypatch.setattr(fused, "_reduce_tiles", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = CalibrationMeter(7, backend="fused").update(scores, labels)
+        assert torch.get_num_threads() == 2 and seen and set(seen) == {1}
+    finally:
+        torch.set_num_threads(before)
+    one = CalibrationMeter(7, backend="fused").update(scores, labels)
+    assert_same_meters(two, one, TOL["exact"])
