@@ -2,15 +2,20 @@
 
 Throughput and peak extra memory on the same batches (random logits x4, 16 rows of ignore label per image, 15
 equal-width bins as in the recorded GPU figures): our :class:`~segcal_lib.metrics.CalibrationMeter` in each precision
-with and without class-wise bins, torchmetrics' ``MulticlassCalibrationError``, a naive streaming histogram (eager
-softmax, max, bincount) and the time to read the logits once (the floor); ratios are against torchmetrics. Then
-exactness: a stream whose ECE is known in closed form, through our meter up to ``--exact-pixels`` and through
-torchmetrics up to ``--tm-max-pixels``. Optionally, fit times of calibrators (``--fits``).
+with and without class-wise bins, with its defaults on its automatic backend and on the PyTorch ``fused`` one,
+torchmetrics' ``MulticlassCalibrationError``, a naive streaming histogram (eager softmax, max, bincount) and the time
+to read the logits once (the floor); ratios are against torchmetrics, and the timed repeats go round the methods so
+that a change of load hits all of them alike. Then the peak extra memory of the default meter over a short and a
+long stream (the same when it does not grow with the pixels), and exactness: a stream whose ECE is known in closed
+form, through our meter up to ``--exact-pixels`` and through torchmetrics up to ``--tm-max-pixels``. ``--drift``
+runs only exactness, up to 10^9 pixels, adding the full default meter on a repeated batch of logits (its reference
+is that batch's float64 value). Optionally, fit times of calibrators (``--fits``).
 
     python -m segcal_lib.bench --size cpu             # two CPU cores: C=19 2x512x1024, C=150 2x256x256
     python -m segcal_lib.bench                        # on a GPU: the sizes of the recorded H200 figures
     python -m segcal_lib.bench --size tiny            # seconds; what the test suite runs
     python -m segcal_lib.bench --exact-pixels 1e9     # exactness after 10^9 pixels (ours alone past torchmetrics)
+    python -m segcal_lib.bench --drift                # only exactness: 10^6..10^9 pixels, incl. the full meter
 
 Every function returns plain records (lists of dicts) so that a chapter can tabulate them.
 """
@@ -207,6 +212,9 @@ def methods(num_classes: int, device, n_bins: int = N_BINS, compile_naive: bool 
     for name, kw in OURS:
         out[name] = lambda kw=kw: _OursAdapter(CalibrationMeter(num_classes, n_bins, validate=False, **kw))
     out["ours, defaults (validated)"] = lambda: _OursAdapter(CalibrationMeter(num_classes, n_bins))
+    # The same meter on the PyTorch backend that "auto" falls back to without a C compiler (and uses on GPUs).
+    out["ours, defaults, fused backend"] = lambda: _OursAdapter(CalibrationMeter(num_classes, n_bins,
+                                                                                  backend="fused"))
     return out
 
 
@@ -237,7 +245,8 @@ def _stream(meter, batches, n_batches: int, device) -> tuple[float, float, float
 
 def bench_throughput(num_classes: int, shape: tuple[int, int, int], n_batches: int, device, repeats: int = 3,
                      n_bins: int = N_BINS, compile_naive: bool = False, only: list[str] | None = None) -> list[dict]:
-    """Every method over the same ``n_batches`` batches (two distinct ones, alternated), update + compute.
+    """Every method over the same ``n_batches`` batches (two distinct ones, alternated), update + compute; the
+    ``repeats`` go round the methods in turn.
 
     Returns one record per method: ``method``, ``mpx_per_s`` (best of ``repeats``), ``first_call_s`` (the first
     update of the first repeat, warm-up included: compilation for a compiled method), ``ece``, ``x_torchmetrics``
@@ -245,14 +254,18 @@ def bench_throughput(num_classes: int, shape: tuple[int, int, int], n_batches: i
     """
     batches = make_batches(num_classes, shape, min(2, n_batches), device)
     pixels = n_batches * math.prod(shape)
+    makers = {name: make for name, make in methods(num_classes, device, n_bins, compile_naive).items()
+              if only is None or name in only}
+    # Repeats go round the methods, so that a change of load on a shared machine hits all of them alike.
+    runs: dict = {name: [] for name in makers}
+    for _ in range(repeats):
+        for name, make in makers.items():
+            runs[name].append(_stream(make(), batches, n_batches, device))
     records = []
-    for name, make in methods(num_classes, device, n_bins, compile_naive).items():
-        if only is not None and name not in only:
-            continue
-        runs = [_stream(make(), batches, n_batches, device) for _ in range(repeats)]
+    for name, rs in runs.items():
         records.append({"num_classes": num_classes, "batch": "x".join(map(str, shape)), "batches": n_batches,
-                        "pixels": pixels, "method": name, "mpx_per_s": pixels / min(r[0] for r in runs) / 1e6,
-                        "first_call_s": runs[0][1], "ece": runs[0][2], "device": str(device),
+                        "pixels": pixels, "method": name, "mpx_per_s": pixels / min(r[0] for r in rs) / 1e6,
+                        "first_call_s": rs[0][1], "ece": rs[0][2], "device": str(device),
                         "peak_extra_mb": math.nan, "bytes_per_pixel": math.nan})
     tm = next((r["mpx_per_s"] for r in records if r["method"] == "torchmetrics"), math.nan)
     floor = next((r["mpx_per_s"] for r in records if r["method"] == "read once (floor)"), math.nan)
@@ -336,6 +349,66 @@ def bench_exactness(pixel_counts: list[float], tm_max_pixels: float, device, bat
             records.append({"pixels": n, "method": name, "ece": v, "exact": exact, "abs_error": abs(v - exact),
                             "peak_extra_mb": mem.extra / 2**20, "seconds": secs})
             del meter
+    return records
+
+
+def memory_vs_stream_length(num_classes: int, shape: tuple[int, int, int], device, lengths=(2, 8),
+                            n_bins: int = N_BINS) -> list[dict]:
+    """Peak extra memory of our default meter over streams of ``lengths`` batches (the same batches, alternated).
+
+    Returns one record per length: ``batches``, ``pixels``, ``peak_extra_mb`` and ``batch_mb`` (one batch of
+    logits): a meter whose memory does not depend on the number of pixels shows the same peak for every length.
+    """
+    batches = make_batches(num_classes, shape, 2, device)
+    batch_mb = batches[0][0].numel() * batches[0][0].element_size() / 2**20
+    records = []
+    for n_batches in lengths:
+        meter = CalibrationMeter(num_classes, n_bins)
+        with PeakMemory(device) as mem:
+            _stream(_OursAdapter(meter), batches, n_batches, device)
+        del meter
+        records.append({"num_classes": num_classes, "batches": n_batches, "pixels": n_batches * math.prod(shape),
+                        "peak_extra_mb": mem.extra / 2**20, "batch_mb": batch_mb})
+    return records
+
+
+DRIFT_KEYS = ("ece", "image_ece", "mce", "classwise_ece", "nll", "brier", "accuracy")
+
+
+def bench_drift(checkpoints: list[float], device, num_classes: int = 19, shape: tuple[int, int, int] = (2, 512, 1024),
+                precisions: tuple[str, ...] = ("exact", "fast"), n_bins: int = 10) -> list[dict]:
+    """Drift of the full default meter (validated, class-wise, image-wise, NLL, Brier) over a long stream.
+
+    The stream repeats one batch of random logits, so every per-bin sum after ``k`` batches is ``k`` times the
+    one-batch sum and every metric keeps its one-batch value: the reference is that value, computed once by the
+    float64 ``backend="reference"`` meter. One stream per precision, read at each of ``checkpoints`` pixels
+    (rounded up to whole batches). Returns one record per (precision, checkpoint): ``pixels``, ``method``,
+    ``<metric>_error`` (absolute difference to the reference) for each of ``DRIFT_KEYS``, ``max_error``,
+    ``seconds`` and ``peak_extra_mb`` (from the start of the stream).
+    """
+    (logits, labels), = make_batches(num_classes, shape, 1, device, seed=2)
+    ref = CalibrationMeter(num_classes, n_bins, backend="reference", precision="exact").update(logits, labels)
+    ref = ref.compute()
+    per_batch = labels.numel()
+    stops = sorted({max(1, math.ceil(px / per_batch)) for px in checkpoints})
+    records = []
+    for precision in precisions:
+        meter = CalibrationMeter(num_classes, n_bins, precision=precision)
+        done, t0 = 0, time.perf_counter()
+        with PeakMemory(device) as mem:
+            for stop in stops:
+                while done < stop:
+                    meter.update(logits, labels)
+                    done += 1
+                res = meter.compute()
+                _sync(device)
+                errors = {f"{k}_error": abs(res[k] - ref[k]) for k in DRIFT_KEYS}
+                records.append({"pixels": done * per_batch, "method": f"ours {precision}", **errors,
+                                "max_error": max(errors.values()), "seconds": time.perf_counter() - t0,
+                                "num_classes": num_classes})
+        for r in records[-len(stops):]:
+            r["peak_extra_mb"] = mem.extra / 2**20
+        del meter
     return records
 
 
@@ -441,6 +514,26 @@ def format_exactness(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_memory(records: list[dict]) -> str:
+    r0 = records[0]
+    parts = [f"{r['peak_extra_mb']:.1f} MB over {r['batches']} batches ({r['pixels'] / 1e6:.3g} M pixels)"
+             for r in records]
+    return (f"Peak extra memory of ours, defaults, C={r0['num_classes']}: " + ", ".join(parts)
+            + f"; one batch of logits is {r0['batch_mb']:.1f} MB")
+
+
+def format_drift(records: list[dict]) -> str:
+    lines = [f"Drift: one batch of C={records[0]['num_classes']} logits repeated, full default meter, against the "
+             f"float64 reference meter on that batch (10 bins)",
+             f"  {'pixels':>10s} {'method':12s} " + " ".join(f"{k:>14s}" for k in DRIFT_KEYS)
+             + f" {'peak extra MB':>14s} {'s':>7s}"]
+    for r in records:
+        lines.append(f"  {r['pixels']:10.3g} {r['method']:12s} "
+                     + " ".join(f"{r[k + '_error']:14.2e}" for k in DRIFT_KEYS)
+                     + f" {r['peak_extra_mb']:14.1f} {r['seconds']:7.1f}")
+    return "\n".join(lines)
+
+
 def machine_line(device) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{os.cpu_count()} CPU cores"
@@ -463,6 +556,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="pixel counts of the exactness run (default 4.2e6 1.7e8; tiny: 4e5)")
     ap.add_argument("--tm-max-pixels", type=float, default=1.7e8, help="largest stream given to torchmetrics")
     ap.add_argument("--fits", action="store_true", help="also time calibrator fits (ts, dirs, selective)")
+    ap.add_argument("--drift", type=float, nargs="*", default=None, metavar="PIXELS",
+                    help="only the exactness runs, up to these pixel counts (default 1e6 1e7 1e8 1e9): the "
+                         "closed-form stream and the full default meter on a repeated batch of C=19 logits")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time, or the process's CPU time (steadier on a machine shared with others; with "
@@ -475,7 +571,18 @@ def main(argv: list[str] | None = None) -> dict:
     device = get_device(args.device)
     size = "cpu" if args.small else args.size or ("anchors" if device.type == "cuda" else "cpu")
     print(machine_line(device), f"clock {args.clock}")
-    out = {"throughput": [], "exactness": [], "fits": []}
+    out = {"throughput": [], "memory": [], "exactness": [], "drift": [], "fits": []}
+    tiny = size == "tiny"
+    if args.drift is not None:
+        checkpoints = args.drift or ([1e5, 4e5] if tiny else [1e6, 1e7, 1e8, 1e9])
+        out["exactness"] = bench_exactness(checkpoints, args.tm_max_pixels, device,
+                                           batch_pixels=2**16 if tiny else 2**22)
+        print("\n" + format_exactness(out["exactness"]), flush=True)
+        c, shape, _ = SIZES[size][0]
+        out["drift"] = bench_drift(checkpoints, device, c, shape)
+        print("\n" + format_drift(out["drift"]), flush=True)
+        print(f"\n{machine_line(device)}")
+        return out
     for c, shape, n_batches in SIZES[size]:
         if not args.classes or c in args.classes:
             out["throughput"] += bench_throughput(c, shape, args.batches or n_batches, device, args.repeats,
@@ -483,7 +590,11 @@ def main(argv: list[str] | None = None) -> dict:
     add_memory(out["throughput"], device)
     for c in dict.fromkeys(r["num_classes"] for r in out["throughput"]):
         print("\n" + format_throughput([r for r in out["throughput"] if r["num_classes"] == c]), flush=True)
-    tiny = size == "tiny"
+    for c, shape, _ in SIZES[size]:
+        if not args.classes or c in args.classes:
+            recs = memory_vs_stream_length(c, shape, device)
+            out["memory"] += recs
+            print(format_memory(recs), flush=True)
     pixels = args.exact_pixels if args.exact_pixels is not None else ([4e5] if tiny else [4.2e6, 1.7e8])
     if pixels:
         recs = bench_exactness(pixels, args.tm_max_pixels, device, batch_pixels=2**16 if tiny else 2**22)

@@ -15,6 +15,10 @@ API
 - :func:`check_images` ``(images, name="images", ndim=4)``: float (N, 3, H, W) (or (3, H, W) with ``ndim=3``),
   finite, in [0, 1].
 - :func:`check_scores` ``(scores, inputs="logits", name="scores")``: finite; probabilities in [0, 1] summing to 1.
+- :func:`check_screened` ``(scores, labels, n_nonfinite, n_bad_labels, num_classes, ...)``: the value checks of
+  :func:`check_logits_labels` (label range, finiteness) settled from counts that a caller's own pass over the data
+  made (the meters' native kernel): nothing is read again unless a count is not zero, and then the error is the
+  usual one.
 - :func:`check_ignore_index` ``(ignore_index, num_classes=None)``: an int outside [0, num_classes).
 - :func:`check_num_classes`, :func:`check_positive_int`, :func:`check_scales`: scalar arguments.
 
@@ -55,6 +59,7 @@ __all__ = [
     "check_positive_int",
     "check_scales",
     "check_scores",
+    "check_screened",
 ]
 
 IGNORE_INDEX = 255
@@ -141,7 +146,7 @@ def check_mask(mask, shape: Sequence[int]) -> None:
 
 def check_logits_labels(logits, labels, num_classes: int | None = None, ignore_index: int = IGNORE_INDEX,
                         mask: torch.Tensor | None = None, inputs: str = "logits", finite: bool = True,
-                        name_logits: str = "logits", name_labels: str = "labels") -> None:
+                        name_logits: str = "logits", name_labels: str = "labels", label_values: bool = True) -> None:
     """Validate dense scores and their labels.
 
     Parameters
@@ -154,6 +159,8 @@ def check_logits_labels(logits, labels, num_classes: int | None = None, ignore_i
     inputs : ``"logits"`` or ``"probs"``; probabilities must lie in [0, 1] and sum to 1 over dim 1.
     finite : reject NaN and infinity.
     name_logits, name_labels : argument names used in the messages.
+    label_values : check the label values (range). ``finite=False, label_values=False`` leaves only shapes and
+        dtypes, for a caller that screens the values in its own pass and then calls :func:`check_screened`.
 
     Raises
     ------
@@ -171,7 +178,7 @@ def check_logits_labels(logits, labels, num_classes: int | None = None, ignore_i
     if tuple(labels.shape) != expected:
         raise ValueError(f"{name_labels} must have shape {expected} ({name_logits} {tuple(logits.shape)} without the "
                          f"class dim), got {tuple(labels.shape)}")
-    check_labels(labels, logits.shape[1], ignore_index, name=name_labels)
+    check_labels(labels, logits.shape[1] if label_values else None, ignore_index, name=name_labels)
     check_mask(mask, expected)
     if finite:
         check_scores(logits, inputs, name_logits)
@@ -183,18 +190,39 @@ def check_scores(scores: torch.Tensor, inputs: str = "logits", name: str = "scor
         raise ValueError(f"inputs must be 'logits' or 'probs', got {inputs!r}")
     if not scores.numel():
         return
-    if not torch.isfinite(scores).all():
+    # One pass and no temporary: NaN propagates through min and max, so both are finite exactly when every score
+    # is (``isfinite(x).all()`` costs four passes and a bool copy of the scores).
+    lo, hi = (v.item() for v in scores.aminmax())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contain NaN or infinite values; expected finite logits or probabilities")
     if inputs == "probs":
         atol = PROB_SUM_ATOL.get(scores.dtype, 1e-4)
-        lo, hi = scores.min().item(), scores.max().item()
         if lo < 0 or hi > 1 + atol:
             raise ValueError(f"{name} were declared probabilities (inputs='probs') but lie in [{lo:g}, {hi:g}], "
                              "expected [0, 1]")
-        err = (scores.double().sum(1) - 1).abs().max().item()
+        err = (scores.sum(1, dtype=torch.float64) - 1).abs().max().item()  # no float64 copy of the scores
         if err > atol:
             raise ValueError(f"{name} were declared probabilities (inputs='probs') but their sum over dim 1 is off "
                              f"by up to {err:.3g}; expected it to be 1 (pass logits with inputs='logits')")
+
+
+def check_screened(scores: torch.Tensor, labels: torch.Tensor, n_nonfinite: int, n_bad_labels: int,
+                   num_classes: int, ignore_index: int = IGNORE_INDEX, inputs: str = "logits",
+                   name_scores: str = "scores", name_labels: str = "labels") -> None:
+    """The value checks of :func:`check_logits_labels`, from counts a caller's own pass over the data made.
+
+    ``n_nonfinite`` counts the pixels with a NaN or infinite score and ``n_bad_labels`` the labels neither in
+    ``[0, num_classes)`` nor ``ignore_index``, by the rules of :func:`check_scores` and :func:`check_labels` (masked
+    pixels included). When both are zero the inputs pass and nothing is read again, which is what makes validating
+    a batch cheap; otherwise those checks run on the tensors and raise their usual ``ValueError``.
+    """
+    if n_bad_labels:
+        check_labels(labels, num_classes, ignore_index, name=name_labels)
+    if n_nonfinite:
+        check_scores(scores, inputs, name_scores)
+    if n_bad_labels or n_nonfinite:  # the screen and the checks disagree: a defect of the screen, not of the data
+        raise RuntimeError(f"the screen counted {n_nonfinite} non-finite pixels and {n_bad_labels} bad labels, "
+                           "but the full checks passed")
 
 
 def check_images(images, name: str = "images", ndim: int = 4) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """The fused per-pixel pass behind :class:`~segcal_lib.metrics.CalibrationMeter` (``backend="fused"``).
 
+On CPU tensors the meter's default backend is :mod:`segcal_lib.metrics_native` (the same terms in one C pass per
+pixel, several times faster on two cores); this PyTorch pass runs on every other device, and on the CPU where no C
+compiler is found. Both are tested against the plain ``backend="reference"`` computation.
+
 One pass over the scores, tile by tile, computes every per-pixel term the meter needs (max, log-sum-exp, first
 arg-max, the label's log-probability, the Brier score, the bin index) and reduces it at once into the meter's float64
 per-bin sums. No (N, C, H, W) temporary is made: the largest one is a tile of about ``_TILE_ELEMENTS`` scores, which
@@ -24,6 +28,7 @@ so nothing drifts with the number of pixels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -159,6 +164,26 @@ def _hits(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, t: dict, t
     return hit
 
 
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device):
+    """Run the tile loop on one intra-op thread on the CPU.
+
+    Each tile is a few hundred microseconds of work split into a dozen operations; with two threads every operation
+    is a parallel region with its barrier, and on a machine whose cores are busy with other processes a thread
+    waiting at a barrier waits for a time slice. Measured on two shared cores (load average ~13, C=19, 2x256x512):
+    one thread 0.2 s a batch, two threads 8 s.
+    """
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @torch.no_grad()
 def calibration_sums(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, inputs: str, dtype: torch.dtype,
                      edges: torch.Tensor, classwise: bool):
@@ -179,10 +204,15 @@ def calibration_sums(scores: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
     nll, brier : 0-d float64, sums of -log p_y and of the Brier score over valid pixels.
     classwise : (3, C, B) float64, per class and bin: count, sum of p_k, number of pixels labelled k; or None.
     """
+    with _one_thread_on_cpu(scores.device):
+        return _calibration_sums(scores, y, valid, inputs, dtype, edges, classwise)
+
+
+def _calibration_sums(scores, y, valid, inputs, dtype, edges, classwise):
     n, p = y.shape
     step = max(1, _BLOCK_PIXELS // n)
     if p > step:  # blocks of pixels, so that the per-pixel buffers stay small whatever the batch
-        parts = [calibration_sums(scores[:, :, s:s + step], y[:, s:s + step], valid[:, s:s + step], inputs, dtype,
+        parts = [_calibration_sums(scores[:, :, s:s + step], y[:, s:s + step], valid[:, s:s + step], inputs, dtype,
                                   edges, classwise) for s in range(0, p, step)]
         per_image = torch.stack([q[0] for q in parts]).sum(0)
         cw = torch.stack([q[3] for q in parts]).sum(0) if classwise else None

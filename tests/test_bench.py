@@ -20,7 +20,7 @@ def test_every_method_runs_and_agrees_on_the_same_batches(tiny_run):
         by = {r["method"]: r for r in recs if r["num_classes"] == c}
         ref = by["ours exact, pooled"]["ece"]
         assert math.isfinite(ref) and 0 < ref < 1
-        for name in ("ours exact, full", "ours, defaults (validated)"):
+        for name in ("ours exact, full", "ours, defaults (validated)", "ours, defaults, fused backend"):
             assert by[name]["ece"] == pytest.approx(ref, abs=1e-12), name
         for name in ("ours fast, pooled", "ours fast, full", "naive streaming histogram"):
             assert by[name]["ece"] == pytest.approx(ref, abs=1e-6), name
@@ -76,3 +76,26 @@ def test_peak_memory_sees_a_torch_allocation():
 def test_chapter_exercises_accept_their_solution_and_reject_a_wrong_answer():
     for ex in bench.chapter_exercises(fast_pooled_x19=4.2):
         assert ex.checker(ex.right) is None and ex.checker(ex.wrong) is not None, ex.key
+
+
+def test_memory_records_of_the_default_meter(tiny_run):
+    recs = tiny_run["memory"]
+    assert {r["num_classes"] for r in recs} == {19, 150}
+    for r in recs:
+        assert math.isfinite(r["peak_extra_mb"]) and r["peak_extra_mb"] >= 0 and r["batch_mb"] > 0
+
+
+def test_drift_mode_full_meter_stays_on_its_one_batch_value():
+    out = bench.main(["--size", "tiny", "--drift", "1e4", "2e5", "--device", "cpu"])
+    assert {r["method"] for r in out["exactness"]} >= {"ours exact", "ours fast"}
+    by = {}
+    for r in out["drift"]:
+        by.setdefault(r["method"], []).append(r)
+    assert set(by) == {"ours exact", "ours fast"}
+    for name, recs in by.items():
+        assert [r["pixels"] for r in recs] == sorted(r["pixels"] for r in recs) and recs[-1]["pixels"] >= 2e5
+        tol = 1e-12 if name == "ours exact" else 1e-6  # fast: float32 per-pixel terms, float64 sums
+        for r in recs:
+            assert r["max_error"] <= tol * 10, r  # nll and brier are sums of terms up to ~10
+        for key in bench.DRIFT_KEYS:  # no drift: the error after many batches is the error after one
+            assert abs(recs[-1][key + "_error"] - recs[0][key + "_error"]) <= 1e-12, (name, key)
