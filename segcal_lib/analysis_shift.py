@@ -7,10 +7,11 @@ tidy DataFrame: a row per test set x calibrator x metric with ``value``, ``low``
 over images where one is defined). :func:`table2` and :func:`paper_table2` turn it into the paper's layout;
 :func:`plot_severity_curves` draws ECE against severity; :func:`selector_table` reports selector degradation.
 
-Selector protocol: a calibrator that flags pixels (selective scaling) may define
-``selector_quality(logits (N, C, H, W), labels (N, H, W)[, images]) -> dict[str, float]`` (e.g. ``accuracy``,
-``precision_mispredicted``, ``recall_mispredicted``, ``auroc``). The sweep calls it on each whole test set and
-records every entry as metric ``"selector_<key>"``.
+Selector quality: a calibrator that flags pixels (selective scaling, or anything with
+``mispredicted_proba(logits, images=None) -> (N, H, W)`` probabilities of "mispredicted", a ``threshold`` and
+optionally a ``base`` calibrator whose argmax is judged) is scored on each whole test set by
+:func:`segcal_lib.calibrators.selective_eval.selector_detection` (``accuracy``, ``precision`` and ``recall`` for
+"mispredicted", ``auroc``, ...), every entry recorded as metric ``"selector_<key>"``.
 
 >>> df = shift_sweep(model, cfg, ["fog", "blur"], [1, 3, 5])           # doctest: +SKIP
 >>> table2(df, severity=3)                                            # doctest: +SKIP
@@ -28,6 +29,7 @@ from torch import nn
 
 from segcal_lib import paper, pipeline
 from segcal_lib.calibrators import Calibrator, list_calibrators, make_calibrator
+from segcal_lib.calibrators.selective_eval import selector_detection
 from segcal_lib.config import Profile, get_profile
 from segcal_lib.data import SHIFTS
 from segcal_lib.data.shifts import SHIFT_KINDS
@@ -133,7 +135,8 @@ def evaluate(store: LogitStore, calibrators: Mapping[str, Calibrator], *, datase
 
     Metrics: ``image_ece`` (mean over images, 95% bootstrap interval), ``delta_image_ece`` (calibrator minus Uncal on
     the same images, paired interval; negative = better), pooled ``ece``, ``nll``, ``brier``, ``accuracy``,
-    ``confidence``, ``miou`` (of the calibrated argmax), and ``selector_*`` for calibrators with ``selector_quality``.
+    ``confidence``, ``miou`` (of the calibrated argmax), and ``selector_*`` for calibrators that flag pixels
+    (``mispredicted_proba``).
     ECE uses 10 equal-width bins.
     """
     c = store.num_classes
@@ -157,18 +160,10 @@ def evaluate(store: LogitStore, calibrators: Mapping[str, Calibrator], *, datase
         res, seg = results[name]
         for row in _metric_rows(res, seg, None if name == REFERENCE else ref, n_boot, seed):
             rows.append(dict(calibrator=name, **row))
-        if hasattr(cal, "selector_quality"):
-            rows += [dict(calibrator=name, metric=f"selector_{k}", value=float(v))
-                     for k, v in _selector_quality(cal, store, dataset).items()]
+        if hasattr(cal, "mispredicted_proba"):
+            quality = selector_detection(cal, _batches(store, dataset if cal.needs_images else None), max_pixels=None)
+            rows += [dict(calibrator=name, metric=f"selector_{k}", value=float(v)) for k, v in quality.items()]
     return rows
-
-
-def _selector_quality(cal, store: LogitStore, dataset) -> dict:
-    logits, labels, images = (torch.cat(parts) if parts[0] is not None else None
-                              for parts in zip(*_batches(store, dataset if cal.needs_images else None), strict=True))
-    with torch.no_grad():
-        return (cal.selector_quality(logits, labels, images) if cal.needs_images
-                else cal.selector_quality(logits, labels))
 
 
 def _test_set_info(label: str, spec: Mapping) -> dict:
