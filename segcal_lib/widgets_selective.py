@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 
 from segcal_lib.calibrators.selective import apply_selective_scaling
 from segcal_lib.metrics import CalibrationMeter
+from segcal_lib.plots import COLUMN_WIDTH, to_numpy_image
 
 __all__ = ["SelectiveExplorer", "before_after_figure"]
 
@@ -72,34 +73,32 @@ class SelectiveExplorer:
     def draw_image(self, threshold: float, t_mis: float, index: int = 0, axes=None):
         """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes."""
         if axes is None:
-            _, axes = plt.subplots(1, 3, figsize=(9, 2.6))
+            _, axes = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 2.4))
         before = self.base_logits[index].softmax(0).max(0).values.cpu().numpy()
         after = self.scaled(threshold, t_mis, index)[0].softmax(0).max(0).values.cpu().numpy()
         valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
         flag = (self.mis_score[index] > threshold).cpu().numpy()
         # Three categories for the yes/no map, each with a legend entry (ignored pixels in grey).
         cat = np.where(~valid, 2, flag.astype(int))
-        for ax, arr, title in ((axes[0], before, "confidence, base"),
-                               (axes[1], after, f"confidence, selective (T_mis={t_mis:.3g})")):
+        for ax, arr, title in ((axes[0], before, "confidence,\nbase"),
+                               (axes[1], after, f"confidence, selective\n(T_mis={t_mis:.3g})")):
             im = ax.imshow(arr, cmap="cividis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         plt.colorbar(im, ax=axes[1], fraction=0.035, pad=0.02)
         colors = ["#f0f0f0", "#d55e00", "#7f7f7f"]
         axes[2].imshow(cat, cmap=ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
-        axes[2].set_title(f"flagged (threshold {threshold:.2f})", fontsize=9)
+        axes[2].set_title(f"flagged\n(threshold {threshold:.2f})", fontsize=9)
         axes[2].axis("off")
         axes[2].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("kept", "flagged", "ignored"),
                                                                              strict=True)],
-                       loc="lower left", fontsize=8, framealpha=0.9)
+                       loc="lower left", fontsize=9, framealpha=0.9)
         return axes
 
     def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None):
         """One row of :func:`before_after_figure`: the image, its errors, and :meth:`draw_image`'s three panels."""
-        from segcal_lib.plots import to_numpy_image
-
         if axes is None:
-            _, axes = plt.subplots(1, 5, figsize=(12, 2.4))
+            _, axes = plt.subplots(1, 5, figsize=(COLUMN_WIDTH, 1.9))
         valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
         wrong = (self.base_logits[index].argmax(0) != self.labels[index]).cpu().numpy()
         if image is not None:
@@ -109,11 +108,11 @@ class SelectiveExplorer:
         colors = ["#f0f0f0", "#0072b2", "#7f7f7f"]
         axes[1].imshow(np.where(~valid, 2, wrong.astype(int)), cmap=ListedColormap(colors), vmin=0, vmax=2,
                        interpolation="nearest")
-        axes[1].set_title("errors of the prediction", fontsize=9)
+        axes[1].set_title("errors of the\nprediction", fontsize=9)
         axes[1].axis("off")
         axes[1].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("right", "wrong", "ignored"),
                                                                              strict=True)],
-                       loc="lower left", fontsize=8, framealpha=0.9)
+                       loc="lower left", fontsize=9, framealpha=0.9)
         self.draw_image(threshold, t_mis, index, axes[2:])
         return axes
 
@@ -127,16 +126,16 @@ class SelectiveExplorer:
                     t_mis: float = 1e10, index: int = 0, base_image_ece: float | None = None):
         """The static stand-in for the widget: image-wise ECE over the grid, the share flagged, and one image."""
         g = self.grid(thresholds, t_mis_values)
-        fig = plt.figure(figsize=(9.5, 5.6))
+        fig = plt.figure(figsize=(COLUMN_WIDTH, 5.6))
         top = fig.add_gridspec(2, 3, height_ratios=[1.2, 1])
         ax = fig.add_subplot(top[0, :2])
         im = ax.imshow(g["image_ece"], aspect="auto", cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(thresholds)), [f"{t:.2f}" for t in thresholds], fontsize=8)
-        ax.set_yticks(range(len(t_mis_values)), [f"{t:.3g}" for t in t_mis_values], fontsize=8)
+        ax.set_xticks(range(len(thresholds)), [f"{t:.2f}" for t in thresholds], fontsize=9)
+        ax.set_yticks(range(len(t_mis_values)), [f"{t:.3g}" for t in t_mis_values], fontsize=9)
         ax.set(xlabel="threshold on P(mispredicted)", ylabel="T_mis")
         best = np.unravel_index(np.nanargmin(g["image_ece"]), g["image_ece"].shape)
         ax.plot(best[1], best[0], "w*", markersize=12, label=f"lowest: {g['image_ece'][best]:.4f}")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=9)
         title = "image-wise ECE (10 equal-width bins)"
         if base_image_ece is not None:
             title += f"; base: {base_image_ece:.4f}"
@@ -181,7 +180,7 @@ class SelectiveExplorer:
 def before_after_figure(explorer: SelectiveExplorer, indices: Sequence[int], images: Sequence | None = None,
                         threshold: float = 0.5, t_mis: float = 1e10):
     """Rows of (image, errors, confidence before, confidence after, flagged) for the images ``indices``."""
-    fig, axes = plt.subplots(len(indices), 5, figsize=(12.5, 2.5 * len(indices)), squeeze=False)
+    fig, axes = plt.subplots(len(indices), 5, figsize=(COLUMN_WIDTH, 1.9 * len(indices) + 0.3), squeeze=False)
     for row, i in zip(axes, indices, strict=True):
         explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row)
     fig.tight_layout()
