@@ -28,6 +28,15 @@ __all__ = ["SelectiveExplorer", "before_after_figure"]
 IGNORE_INDEX = 255
 
 
+# Colours of the yes/no maps (colour-blind safe): right or kept, wrong, flagged, ignored.
+_RIGHT, _WRONG, _FLAGGED, _IGNORED = "#f0f0f0", "#0072b2", "#d55e00", "#7f7f7f"
+_LEGEND_BELOW = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, frameon=False,
+                     handlelength=1.0, columnspacing=0.6, handletextpad=0.3)
+
+
+def _patches(colors, names):
+    return [Patch(facecolor=c, edgecolor="#7f7f7f", label=n) for c, n in zip(colors, names, strict=True)]
+
 class SelectiveExplorer:
     """Threshold and ``T_mis`` of selective scaling against image-wise ECE, pooled ECE and the share flagged.
 
@@ -70,8 +79,11 @@ class SelectiveExplorer:
                        "pooled_ece": res["ece"], "flagged_share": flagged}
         return self.result
 
-    def draw_image(self, threshold: float, t_mis: float, index: int = 0, axes=None):
-        """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes."""
+    def draw_image(self, threshold: float, t_mis: float, index: int = 0, axes=None, legend: bool = True):
+        """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes.
+
+        ``legend=False`` leaves out the flagged map's legend (:func:`before_after_figure` draws one for all rows).
+        """
         if axes is None:
             _, axes = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 2.4))
         before = self.base_logits[index].softmax(0).max(0).values.cpu().numpy()
@@ -86,16 +98,15 @@ class SelectiveExplorer:
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         plt.colorbar(im, ax=axes[1], fraction=0.035, pad=0.02)
-        colors = ["#f0f0f0", "#d55e00", "#7f7f7f"]
+        colors = [_RIGHT, _FLAGGED, _IGNORED]
         axes[2].imshow(cat, cmap=ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
         axes[2].set_title(f"flagged\n(threshold {threshold:.2f})", fontsize=9)
         axes[2].axis("off")
-        axes[2].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("kept", "flagged", "ignored"),
-                                                                             strict=True)],
-                       loc="lower left", fontsize=9, framealpha=0.9)
+        if legend:  # under the map, so that it hides none of it
+            axes[2].legend(handles=_patches(colors, ("kept", "flagged", "ignored")), **_LEGEND_BELOW)
         return axes
 
-    def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None):
+    def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None, legend: bool = True):
         """One row of :func:`before_after_figure`: the image, its errors, and :meth:`draw_image`'s three panels."""
         if axes is None:
             _, axes = plt.subplots(1, 5, figsize=(COLUMN_WIDTH, 1.9))
@@ -105,15 +116,14 @@ class SelectiveExplorer:
             axes[0].imshow(to_numpy_image(image), interpolation="nearest")
         axes[0].set_title("image", fontsize=9)
         axes[0].axis("off")
-        colors = ["#f0f0f0", "#0072b2", "#7f7f7f"]
+        colors = [_RIGHT, _WRONG, _IGNORED]
         axes[1].imshow(np.where(~valid, 2, wrong.astype(int)), cmap=ListedColormap(colors), vmin=0, vmax=2,
                        interpolation="nearest")
         axes[1].set_title("errors of the\nprediction", fontsize=9)
         axes[1].axis("off")
-        axes[1].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("right", "wrong", "ignored"),
-                                                                             strict=True)],
-                       loc="lower left", fontsize=9, framealpha=0.9)
-        self.draw_image(threshold, t_mis, index, axes[2:])
+        if legend:
+            axes[1].legend(handles=_patches(colors, ("right", "wrong", "ignored")), **_LEGEND_BELOW)
+        self.draw_image(threshold, t_mis, index, axes[2:], legend=legend)
         return axes
 
     def grid(self, thresholds: Sequence[float], t_mis_values: Sequence[float]) -> dict:
@@ -180,8 +190,11 @@ class SelectiveExplorer:
 def before_after_figure(explorer: SelectiveExplorer, indices: Sequence[int], images: Sequence | None = None,
                         threshold: float = 0.5, t_mis: float = 1e10):
     """Rows of (image, errors, confidence before, confidence after, flagged) for the images ``indices``."""
-    fig, axes = plt.subplots(len(indices), 5, figsize=(COLUMN_WIDTH, 1.9 * len(indices) + 0.3), squeeze=False)
+    fig, axes = plt.subplots(len(indices), 5, figsize=(COLUMN_WIDTH, 1.6 * len(indices) + 0.4), squeeze=False)
     for row, i in zip(axes, indices, strict=True):
-        explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row)
-    fig.tight_layout()
+        explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row, legend=False)
+    # One legend for every row's yes/no maps, under the figure: small maps would be hidden by their own.
+    fig.legend(handles=_patches([_RIGHT, _WRONG, _FLAGGED, _IGNORED], ("right / kept", "wrong", "flagged", "ignored")),
+               loc="lower center", ncol=4, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     return fig
