@@ -15,7 +15,8 @@ import torch
 from segcal_lib.checks import check_logits_labels
 
 __all__ = ["COLUMN_WIDTH", "IGNORE_COLOR", "colorize", "confidence_histogram", "image_grid", "prediction_figure",
-           "prediction_panels", "reliability_diagram", "reliability_row", "to_numpy_image", "training_curves"]
+           "prediction_panels", "reliability_diagram", "reliability_row", "right_wrong_legend", "right_wrong_map",
+           "to_numpy_image", "training_curves"]
 
 # The book's column is about 7 inches wide at 100 dpi: figures drawn at this width keep 9 pt fonts readable.
 COLUMN_WIDTH = 7.0
@@ -141,6 +142,38 @@ def prediction_panels(image, label, logits, palette, ignore_index: int = 255) ->
             ("prediction", colorize(pred, palette)), ("confidence", conf.cpu().numpy()), ("error", wrong.cpu().numpy())]
 
 
+def right_wrong_map(pred, label, ignore_index: int = 255) -> np.ndarray:
+    """The book's yes/no map of one image: correct, wrong and ignored pixels in three colours.
+
+    Parameters
+    ----------
+    pred, label : integer tensors or arrays (H, W) on any device: the predicted and the true class ids.
+    ignore_index : label value of pixels without a label (default 255).
+
+    Returns
+    -------
+    uint8 array (H, W, 3): Okabe-Ito blue where right, vermillion where wrong, :data:`IGNORE_COLOR` where ignored.
+    Draw it with ``imshow`` and name the colours with :func:`right_wrong_legend`, not a colour bar.
+    """
+    pred = torch.as_tensor(pred).detach().cpu()
+    label = torch.as_tensor(label).detach().cpu()
+    if pred.shape != label.shape or pred.ndim != 2:
+        raise ValueError(f"pred and label must both have shape (H, W), got {tuple(pred.shape)} and "
+                         f"{tuple(label.shape)}")
+    rgb = np.where((pred == label).numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"]).astype(np.uint8)
+    rgb[(label == ignore_index).numpy()] = np.asarray(IGNORE_COLOR, dtype=np.uint8)
+    return rgb
+
+
+def right_wrong_legend(ax, **kwargs):
+    """A legend naming the three colours of :func:`right_wrong_map` on ``ax``; ``kwargs`` go to ``ax.legend``."""
+    from matplotlib.patches import Patch
+
+    names_colors = [*_YES_NO.items(), ("ignore", IGNORE_COLOR)]
+    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for n, c in names_colors]
+    return ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
+
+
 def _legend_patches(names, colors, ncol, fig, y=0.0):
     from matplotlib.patches import Patch
 
@@ -182,10 +215,7 @@ def prediction_figure(rows: Sequence[Mapping], class_names: Sequence[str], palet
         if not labels_only:
             logits = torch.as_tensor(row["logits"]).float()
             conf, pred = logits.softmax(0).max(0)
-            yes_no = np.where((pred == label).cpu().numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"])
-            yes_no = yes_no.astype(np.uint8)
-            yes_no[ignored] = ignore_rgb
-            panels += [colorize(pred, palette), conf.cpu().numpy(), yes_no]
+            panels += [colorize(pred, palette), conf.cpu().numpy(), right_wrong_map(pred, label, ignore_index)]
         if has_image:
             panels.insert(0, to_numpy_image(row["image"]))
         for masks in extra.values():

@@ -9,7 +9,6 @@ import torch
 
 from segcal_lib.ece_estimators import adaptive_ece, debiased_ece, expected_abs_normal
 from segcal_lib.metrics import CalibrationMeter
-from segcal_lib.models.train import loss_plateau
 from segcal_lib.standin import sample_calibrated_labels
 
 
@@ -129,13 +128,3 @@ def test_standin_is_seeded_and_keeps_ignore_pixels():
         sample_calibrated_labels(logits, labels=labels[:1])
 
 
-def test_loss_plateau_verdicts():
-    flat = [1.0] * 100
-    falling = list(np.linspace(2.0, 1.0, 100))
-    assert loss_plateau(flat)["plateaued"] and loss_plateau(flat)["rel_drop"] == 0.0
-    v = loss_plateau(falling, tail=0.2, smooth=1)
-    # Over the last 20 steps the line falls from falling[-21] to falling[-1].
-    assert v["rel_drop"] == pytest.approx((falling[-21] - falling[-1]) / falling[-21])
-    assert not v["plateaued"]
-    with pytest.raises(ValueError, match="loss"):
-        loss_plateau([1.0] * 5)

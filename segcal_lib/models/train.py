@@ -32,7 +32,7 @@ from segcal_lib.config import Profile, get_device, get_profile, seed_everything
 from segcal_lib.data.base import IGNORE_INDEX
 from segcal_lib.models.segnet import count_parameters, create_model, get_model_config
 
-__all__ = ["TrainConfig", "augment", "evaluate", "loss_plateau", "poly_lr_factor", "train", "train_model"]
+__all__ = ["TrainConfig", "augment", "evaluate", "poly_lr_factor", "train", "train_model"]
 
 # Datasets whose samples take less than this (as 8-bit images) are read once and kept in memory: synthetic scenes are
 # generated on the fly and real images decoded from disk, both slower than a training step on a GPU (2000 full-profile
@@ -330,39 +330,6 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device | str | No
         meter.update(logits.argmax(1).cpu(), labels.cpu())
     model.train(was_training)
     return {"loss": loss_sum / max(n_valid, 1), "miou": meter.compute()["miou"]}
-
-
-def loss_plateau(loss, tail: float = 0.2, rel_tol: float = 0.02, smooth: int | None = None) -> dict:
-    """Has a training loss curve plateaued? The book's definition, in code.
-
-    The per-step loss is smoothed by a moving average over ``smooth`` steps (default: 5% of the steps); the curve has
-    plateaued when the smoothed loss fell by less than ``rel_tol`` (relative) over the last ``tail`` of the steps.
-
-    Parameters
-    ----------
-    loss : sequence of per-step losses (``history["loss"]``).
-    tail : fraction of the steps at the end over which the drop is measured (default 0.2).
-    rel_tol : largest relative drop that still counts as a plateau (default 0.02, i.e. 2%).
-    smooth : window of the moving average in steps.
-
-    Returns
-    -------
-    dict with ``plateaued`` (bool), ``rel_drop`` (float: relative drop of the smoothed loss over the tail), ``start``
-    and ``end`` (the smoothed loss at the start and the end of the tail), ``tail_steps``, ``smooth``, ``rel_tol``.
-    """
-    x = torch.as_tensor(list(loss), dtype=torch.float64)
-    if x.ndim != 1 or x.numel() < 20:
-        raise ValueError(f"loss must be a 1-D sequence of at least 20 steps, got {tuple(x.shape)}")
-    if not 0 < tail < 1 or rel_tol < 0:
-        raise ValueError(f"tail must lie in (0, 1) and rel_tol be >= 0, got tail={tail!r}, rel_tol={rel_tol!r}")
-    smooth = smooth or max(1, round(0.05 * x.numel()))
-    kernel = torch.ones(1, 1, smooth, dtype=torch.float64) / smooth
-    smoothed = F.conv1d(x[None, None], kernel)[0, 0]  # smoothed[i] averages steps i .. i + smooth - 1
-    tail_steps = max(1, round(tail * x.numel()))
-    start, end = smoothed[-1 - min(tail_steps, smoothed.numel() - 1)].item(), smoothed[-1].item()
-    drop = (start - end) / start if start > 0 else 0.0
-    return {"plateaued": drop < rel_tol, "rel_drop": drop, "start": start, "end": end, "tail_steps": tail_steps,
-            "smooth": smooth, "rel_tol": rel_tol}
 
 
 def train_model(model: nn.Module, dataset: Dataset, cfg: TrainConfig, *, device: torch.device | str | None = None,

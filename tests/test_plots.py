@@ -1,0 +1,34 @@
+"""Figures: the yes/no map colours every pixel by its own verdict, and draws without error."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from segcal_lib import plots
+
+
+def test_right_wrong_map_colours_each_pixel_by_its_verdict():
+    label = torch.tensor([[0, 1, 255], [2, 2, 1]])
+    pred = torch.tensor([[0, 0, 1], [2, 1, 1]])
+    rgb = plots.right_wrong_map(pred, label)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    right, wrong, ignore = (np.asarray(c, dtype=np.uint8) for c in ((0, 114, 178), (213, 94, 0), plots.IGNORE_COLOR))
+    expected = {(0, 0): right, (0, 1): wrong, (0, 2): ignore, (1, 0): right, (1, 1): wrong, (1, 2): right}
+    for (i, j), colour in expected.items():
+        np.testing.assert_array_equal(rgb[i, j], colour)
+    assert len({tuple(c) for c in (right, wrong, ignore)}) == 3  # three distinct colours
+
+
+def test_right_wrong_map_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        plots.right_wrong_map(torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_right_wrong_legend_names_the_three_colours():
+    fig, ax = plt.subplots()
+    legend = plots.right_wrong_legend(ax)
+    assert [t.get_text() for t in legend.get_texts()] == ["correct", "wrong", "ignore"]
+    plt.close(fig)
