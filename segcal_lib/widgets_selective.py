@@ -16,26 +16,19 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
-from matplotlib.patches import Patch
 
 from segcal_lib.calibrators.selective import apply_selective_scaling
 from segcal_lib.metrics import CalibrationMeter
-from segcal_lib.plots import COLUMN_WIDTH, to_numpy_image
+from segcal_lib.plots import COLUMN_WIDTH, right_wrong_legend, right_wrong_map, to_numpy_image
 
 __all__ = ["SelectiveExplorer", "before_after_figure"]
 
 IGNORE_INDEX = 255
 
 
-# Colours of the yes/no maps (colour-blind safe): right or kept, wrong, flagged, ignored.
-_RIGHT, _WRONG, _FLAGGED, _IGNORED = "#f0f0f0", "#0072b2", "#d55e00", "#7f7f7f"
-_LEGEND_BELOW = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, frameon=False,
-                     handlelength=1.0, columnspacing=0.6, handletextpad=0.3)
-
-
-def _patches(colors, names):
-    return [Patch(facecolor=c, edgecolor="#7f7f7f", label=n) for c, n in zip(colors, names, strict=True)]
+# Legends of the small yes/no maps go under them, so that they hide none of the map.
+_LEGEND_BELOW = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, handlelength=1.0,
+                     columnspacing=0.6, handletextpad=0.3)
 
 class SelectiveExplorer:
     """Threshold and ``T_mis`` of selective scaling against image-wise ECE, pooled ECE and the share flagged.
@@ -88,41 +81,37 @@ class SelectiveExplorer:
             _, axes = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 2.4))
         before = self.base_logits[index].softmax(0).max(0).values.cpu().numpy()
         after = self.scaled(threshold, t_mis, index)[0].softmax(0).max(0).values.cpu().numpy()
-        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
-        flag = (self.mis_score[index] > threshold).cpu().numpy()
-        # Three categories for the yes/no map, each with a legend entry (ignored pixels in grey).
-        cat = np.where(~valid, 2, flag.astype(int))
+        # The flags as a yes/no map in the book's colours: "kept" where a right prediction would be, "flagged"
+        # where a wrong one would, ignore pixels as ignored.
+        flag = (self.mis_score[index] > threshold).long()
+        flagged_map = right_wrong_map(flag, torch.zeros_like(flag).masked_fill(self.labels[index].cpu() ==
+                                                                               IGNORE_INDEX, IGNORE_INDEX))
         for ax, arr, title in ((axes[0], before, "confidence,\nbase"),
                                (axes[1], after, f"confidence, selective\n(T_mis={t_mis:.3g})")):
             im = ax.imshow(arr, cmap="cividis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         plt.colorbar(im, ax=axes[1], fraction=0.035, pad=0.02)
-        colors = [_RIGHT, _FLAGGED, _IGNORED]
-        axes[2].imshow(cat, cmap=ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
+        axes[2].imshow(flagged_map, interpolation="nearest")
         axes[2].set_title(f"flagged\n(threshold {threshold:.2f})", fontsize=9)
         axes[2].axis("off")
         if legend:  # under the map, so that it hides none of it
-            axes[2].legend(handles=_patches(colors, ("kept", "flagged", "ignored")), **_LEGEND_BELOW)
+            right_wrong_legend(axes[2], names=("kept", "flagged", "ignore"), **_LEGEND_BELOW)
         return axes
 
     def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None, legend: bool = True):
         """One row of :func:`before_after_figure`: the image, its errors, and :meth:`draw_image`'s three panels."""
         if axes is None:
             _, axes = plt.subplots(1, 5, figsize=(COLUMN_WIDTH, 1.9))
-        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
-        wrong = (self.base_logits[index].argmax(0) != self.labels[index]).cpu().numpy()
         if image is not None:
             axes[0].imshow(to_numpy_image(image), interpolation="nearest")
         axes[0].set_title("image", fontsize=9)
         axes[0].axis("off")
-        colors = [_RIGHT, _WRONG, _IGNORED]
-        axes[1].imshow(np.where(~valid, 2, wrong.astype(int)), cmap=ListedColormap(colors), vmin=0, vmax=2,
-                       interpolation="nearest")
+        axes[1].imshow(right_wrong_map(self.base_logits[index].argmax(0), self.labels[index]), interpolation="nearest")
         axes[1].set_title("errors of the\nprediction", fontsize=9)
         axes[1].axis("off")
         if legend:
-            axes[1].legend(handles=_patches(colors, ("right", "wrong", "ignored")), **_LEGEND_BELOW)
+            right_wrong_legend(axes[1], **_LEGEND_BELOW)
         self.draw_image(threshold, t_mis, index, axes[2:], legend=legend)
         return axes
 
@@ -194,7 +183,7 @@ def before_after_figure(explorer: SelectiveExplorer, indices: Sequence[int], ima
     for row, i in zip(axes, indices, strict=True):
         explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row, legend=False)
     # One legend for every row's yes/no maps, under the figure: small maps would be hidden by their own.
-    fig.legend(handles=_patches([_RIGHT, _WRONG, _FLAGGED, _IGNORED], ("right / kept", "wrong", "flagged", "ignored")),
-               loc="lower center", ncol=4, fontsize=9, frameon=False)
+    right_wrong_legend(fig, names=("correct / kept", "wrong / flagged", "ignore"), loc="lower center", ncol=3,
+                       fontsize=9)
     fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     return fig
