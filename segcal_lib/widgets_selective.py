@@ -11,6 +11,7 @@ figure the built book shows in place of the live widget.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -156,22 +157,25 @@ class SelectiveExplorer:
         th = w.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold")
         lt = w.FloatSlider(value=log10_t_mis, min=0.0, max=10.0, step=0.25, description="log10 T_mis")
         img = w.Dropdown(options=list(range(self.base_logits.shape[0])), value=index, description="image")
-        text, out = w.HTML(), w.Output()
+        # The image is a PNG in an ipywidgets.Image, not a figure captured by an Output widget: output captured
+        # while a cell runs headless (nbclient, nbmake) can leave the executor waiting (jupyter/nbclient#312).
+        text, picture = w.HTML(), w.Image(format="png")
 
         def redraw(*_):
             t_mis = 10 ** lt.value
             r = self.evaluate(th.value, t_mis)
             text.value = (f"image-wise ECE <b>{r['image_ece']:.4f}</b> &nbsp; pooled ECE {r['pooled_ece']:.4f} "
                           f"&nbsp; flagged {r['flagged_share']:.1%} of pixels")
-            with out:
-                out.clear_output(wait=True)
-                self.draw_image(th.value, t_mis, img.value)
-                plt.show()
+            fig = self.draw_image(th.value, t_mis, img.value)[0].figure
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            picture.value = buf.getvalue()
 
         for control in (th, lt, img):
             control.observe(redraw, names="value")
         redraw()
-        box = w.VBox([w.HBox([th, lt, img]), text, out])
+        box = w.VBox([w.HBox([th, lt, img]), text, picture])
         box.controls = {"threshold": th, "log10_t_mis": lt, "image": img}
         return box
 
