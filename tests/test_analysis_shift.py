@@ -7,8 +7,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,8 +15,10 @@ import torch
 from segcal_lib import analysis_shift as ash
 from segcal_lib import paper, pipeline
 from segcal_lib.calibrators import make_calibrator
-from segcal_lib.calibrators.base import Calibrator
+from segcal_lib.calibrators.base import Calibrator, NotFittedError
 from segcal_lib.config import get_profile
+from segcal_lib.data import CamVid
+from segcal_lib.data.datasets import find_camvid
 
 SHIFTS, SEVERITIES = ["fog", "blur"], [1, 4]
 QUALITY = ["accuracy", "precision", "recall", "auroc", "flagged_share", "mispredicted_share", "n_pixels"]
@@ -97,7 +97,7 @@ def swept(tiny):
     p, model, cfg = tiny
     cals = {"identity": make_calibrator("identity", progress=False), "ts": make_calibrator("ts", progress=False),
             "toy_selective": ConfidenceSelector(progress=False)}
-    df = ash.shift_sweep(model, cfg, SHIFTS, SEVERITIES, cals, profile=p, n_boot=200)
+    df = ash.shift_sweep(model, cfg, SHIFTS, SEVERITIES, cals, profile=p, n_boot=200, selectors=True)
     return df, cals
 
 
@@ -157,6 +157,9 @@ def test_selector_protocol_is_reported_per_test_set(tiny, swept):
     assert got["recall"] == pytest.approx((flags & wrong).sum().item() / wrong.sum().item())
     assert sel.loc[("fog 4", "toy_selective"), "n_pixels"] == (labels != 255).sum().item()
     assert ash.selector_table(df[~df["metric"].str.startswith("selector_")]).empty
+    # Opt-in: without selectors=True the same store gives no selector rows.
+    plain = ash.evaluate(store, {"toy_selective": cals["toy_selective"]}, n_boot=20)
+    assert not any(r["metric"].startswith("selector_") for r in plain)
 
 
 def test_calibrators_that_need_images_get_them(tiny):
@@ -242,10 +245,12 @@ def test_gains_trends_and_selector_joins_follow_the_frame(swept):
         ash.severity_trend(df[df["test_set"] != "in-domain"])
 
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared/data/camvid"
+CAMVID = find_camvid()  # $SEGCAL_CAMVID or ../shared/data/camvid (also from a git worktree); None when absent
+camvid = pytest.mark.skipif(CAMVID is None, reason="CamVid not found (set SEGCAL_CAMVID)")
 
 
-@pytest.mark.skipif(not (CAMVID / "train").is_dir(), reason="CamVid not on disk")
+@pytest.mark.camvid
+@camvid
 def test_camvid_real_shift_frames(monkeypatch):
     monkeypatch.setenv("SEGCAL_CAMVID", str(CAMVID))
     f = ash.camvid_frames("fast")
@@ -253,3 +258,144 @@ def test_camvid_real_shift_frames(monkeypatch):
     assert f.loc["model training (daylight)", "sequences"] == "0006R0 (101), 0016E5 (204)"
     assert f["sequences"].iloc[2:].tolist() == ["Seq05VD (171)", "0001TP (62)"]
     assert "0001TP" not in f.loc["model training (daylight)", "sequences"]
+
+
+@pytest.mark.camvid
+@camvid
+def test_camvid_day_model_never_sees_the_dusk_sequence(monkeypatch):
+    """The real shift's model is trained on daylight frames only: no 0001TP frame (the dusk test sequence, and the
+    dusk frames of the train split) in its training data, and calibration and in-domain test frames in daylight."""
+    monkeypatch.setenv("SEGCAL_CAMVID", str(CAMVID))
+    seen = {}
+
+    def fake_train_or_load(cfg, data_fn, **kw):  # record what would be trained on, train nothing
+        seen["cfg"], seen["data"] = cfg, data_fn()
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(ash, "train_or_load", fake_train_or_load)
+    _, cfg = ash.camvid_day_model("fast", progress=False)
+    train = seen["data"]
+    assert cfg.data == pipeline.data_spec("camvid", "train", "fast", **ash.CAMVID_REAL_SHIFT["train"])
+    # The raw file names, not the reader's own bookkeeping: no training frame is from 0001TP.
+    everything = CamVid(CAMVID, "train")
+    assert len(train) == len(everything) - sum(n.startswith("0001TP_") for n in everything.names) > 0
+    assert not [n for n in train.names if n.startswith("0001TP")]
+    dusk = pipeline.load_dataset(pipeline.data_spec("camvid", "test", "fast", domain="dusk"))
+    assert dusk.names and all(n.startswith("0001TP_") for n in dusk.names)
+    assert not set(dusk.names) & set(train.names)
+    for split, extra in (("val", {}), ("test", ash.CAMVID_REAL_SHIFT["test"])):
+        names = pipeline.load_dataset(pipeline.data_spec("camvid", split, "fast", **extra)).names
+        assert names and not [n for n in names if n.startswith("0001TP")]
+
+
+# ------------------------------------------------------------------------------------------------ selective under shift
+
+def test_shift_test_sets_labels_and_arguments():
+    sets = ash.shift_test_sets(["fog", "jpeg"], [2, 5], test_extra={"n": 3}, extra_sets={"dusk": {"domain": "dusk"}})
+    assert list(sets) == ["in-domain", "fog 2", "fog 5", "jpeg 2", "jpeg 5", "dusk"]
+    assert sets["in-domain"] == {"n": 3} and sets["jpeg 5"] == {"n": 3, "shift": "jpeg", "severity": 5}
+    assert sets["dusk"] == {"domain": "dusk"}
+    with pytest.raises(ValueError, match="severities"):
+        ash.shift_test_sets(["fog"], [0])
+
+
+def test_fitted_calibrators_are_used_as_they_are(tiny):
+    p, model, cfg = tiny
+    val = pipeline.get_logits(model, cfg, "val", p, progress=False)
+    test = pipeline.get_logits(model, cfg, "test", p, progress=False)
+    on_test = make_calibrator("ts", progress=False).fit(test)
+    t = on_test.temperature_
+    cals = ash.fit_calibrators(val, {"ts": on_test, "fresh": make_calibrator("ts", progress=False)})
+    assert cals["ts"] is on_test and cals["ts"].temperature_ == t
+    assert cals["fresh"].temperature_ == pytest.approx(make_calibrator("ts", progress=False).fit(val).temperature_)
+    assert list(cals) == ["identity", "ts", "fresh"]
+
+
+@pytest.fixture(scope="module")
+def selective(tiny):
+    p, model, cfg = tiny
+    val = pipeline.get_logits(model, cfg, "val", p, progress=False)
+    cal = make_calibrator("selective", steps=20, checks=2, progress=False).fit(val)
+    sets = ash.shift_test_sets(["fog"], [1, 4])
+    return cal, sets, ash.selective_sweep(model, cfg, sets, cal, profile=p, name="sel", n_boot=200)
+
+
+def test_selective_sweep_against_brute_force(tiny, selective):
+    p, model, cfg = tiny
+    cal, sets, df = selective
+    assert list(dict.fromkeys(df["test_set"])) == list(sets) and set(df["calibrator"]) == {"sel"}
+    for label, kw in sets.items():
+        store = pipeline.get_logits(model, cfg, "test", p, progress=False, **kw)
+        logits = torch.from_numpy(np.asarray(store.logits, np.float32))
+        labels = torch.from_numpy(np.asarray(store.labels).astype(np.int64))
+        with torch.no_grad():
+            z, q, out = cal.base(logits), cal.mispredicted_proba(logits), cal(logits)
+        valid = (labels != 255).numpy()
+        flag, wrong = (q > cal.threshold).numpy(), (z.argmax(1) != labels).numpy()
+        f, w = flag[valid], wrong[valid]
+        got = df[df["test_set"] == label].set_index("metric")
+        assert got.loc["selector_accuracy", "value"] == pytest.approx(np.mean(f == w))
+        if f.any():
+            assert got.loc["selector_precision", "value"] == pytest.approx(np.sum(f & w) / np.sum(f))
+        assert got.loc["selector_mispredicted_share", "value"] == pytest.approx(np.mean(w))
+        # AUROC by brute force over all (wrong, right) pixel pairs, ties counted one half.
+        s = q.double().numpy()[valid]
+        pos, neg = s[w], s[~w]
+        if len(pos) and len(neg):
+            pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+            assert got.loc["selector_auroc", "value"] == pytest.approx(pairs)
+        # The rule of thumb from the flagged pixels, in float64.
+        fm = flag & valid
+        if fm.any():
+            pz = z.double().softmax(1).amax(1).numpy()[fm]
+            po = out.double().softmax(1).amax(1).numpy()[fm]
+            acc = 1 - wrong[fm].mean()
+            share = fm.sum() / valid.sum()
+            expect = share * (abs(pz.mean() - acc) - abs(po.mean() - acc))
+            assert got.loc["predicted_gain", "value"] == pytest.approx(expect, abs=1e-6)
+            assert got.loc["break_even_precision", "value"] == pytest.approx(1 - (pz.mean() + po.mean()) / 2,
+                                                                              abs=1e-6)
+        base_e = _image_eces(z.numpy(), labels.numpy())
+        sel_e = _image_eces(out.numpy(), labels.numpy())
+        assert got.loc["gain", "value"] == pytest.approx((base_e - sel_e).mean(), abs=1e-9)
+        lo, hi = got.loc["gain", ["low", "high"]]
+        assert lo <= got.loc["gain", "value"] <= hi
+
+
+def test_rule_table_follows_the_frame(selective):
+    _, sets, df = selective
+    r = ash.rule_table(df)
+    assert list(r.index) == list(sets) and r.loc["fog 4", "severity"] == 4
+    for _, row in r.iterrows():
+        g = row["predicted gain"]
+        assert row["rule says"] == ("helps" if g > 0 else "hurts" if g < 0 else "no change")
+        assert row["measured"] == ("helps" if row["low"] > 0 else "hurts" if row["high"] < 0 else "within noise")
+        assert row["same sign"] == (np.sign(row["predicted gain"]) == np.sign(row["gain"]))
+    with pytest.raises(ValueError, match="selective_sweep"):
+        ash.rule_table(df[df["metric"] != "gain"])
+    # Nothing flagged (a selector that never fires): the rule predicts no change.
+    quiet = df.copy()
+    quiet.loc[quiet["metric"] == "predicted_gain", "value"] = 0.0
+    assert (ash.rule_table(quiet)["rule says"] == "no change").all()
+
+
+def test_selective_sweep_rejects_what_it_cannot_run(tiny):
+    p, model, cfg = tiny
+    with pytest.raises(ValueError, match="selective calibrator"):
+        ash.selective_sweep(model, cfg, {"in-domain": {}}, make_calibrator("ts", progress=False), profile=p)
+    with pytest.raises(NotFittedError):
+        ash.selective_sweep(model, cfg, {"in-domain": {}}, make_calibrator("selective", progress=False), profile=p)
+
+
+def test_curves_for_chosen_methods_and_metrics(swept, selective):
+    df, _ = swept
+    fig = ash.plot_severity_curves(df, methods=["TempS", "Uncal"])
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["TempS", "Uncal"]
+    with pytest.raises(ValueError, match="methods"):
+        ash.plot_severity_curves(df, methods=["LTS"])
+    fig = ash.plot_by_severity(selective[2], {"selector_auroc": "AUROC", "gain": "gain"})
+    assert [ax.get_title() for ax in fig.axes] == ["AUROC", "gain"]
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["fog"]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [0, 1, 4]
+    with pytest.raises(ValueError, match="metrics"):
+        ash.plot_by_severity(selective[2], {"image_ece": "x"})

@@ -190,3 +190,17 @@ def test_synthetic_scenes_take_corruptions_too():
     plain = get_dataset("synthetic", "test", n=2, size=SIZE)
     assert torch.equal(ds[1].image, apply_shift(plain[1].image, "contrast", 5))
     assert ds[1].name == "synthetic/test/1+contrast5"
+
+
+@pytest.mark.parametrize("name", list(MONOTONE))
+def test_shifted_dataset_is_deterministic_by_seed_in_any_reading_order(name):
+    plain = get_dataset("synthetic", "test", n=3, size=SIZE)
+    a, b = ShiftedDataset(plain, name, 3, seed=4), ShiftedDataset(plain, name, 3, seed=4)
+    forward = [a[i] for i in range(3)]
+    backward = [b[i] for i in reversed(range(3))][::-1]
+    for i, (x, y) in enumerate(zip(forward, backward, strict=True)):
+        assert torch.equal(x.image, y.image) and torch.equal(x.label, plain[i].label)
+        assert x.image.shape == plain[i].image.shape and x.image.dtype == plain[i].image.dtype
+    other = ShiftedDataset(plain, name, 3, seed=5)[0].image
+    assert torch.equal(other, forward[0].image) != (name in RANDOM)
+    assert torch.equal(ShiftedDataset(plain, name, 0, seed=4)[1].image, plain[1].image)  # severity 0: identity
