@@ -165,12 +165,19 @@ def right_wrong_map(pred, label, ignore_index: int = 255) -> np.ndarray:
     return rgb
 
 
-def right_wrong_legend(ax, **kwargs):
-    """A legend naming the three colours of :func:`right_wrong_map` on ``ax``; ``kwargs`` go to ``ax.legend``."""
+def right_wrong_legend(ax, names: Sequence[str] = ("correct", "wrong", "ignore"), **kwargs):
+    """A legend naming the three colours of :func:`right_wrong_map` on ``ax`` (an axes or a figure).
+
+    ``names``: the labels of the "yes", "no" and ignore colours (e.g. ``("kept", "flagged", "ignore")`` for a map of
+    flagged pixels drawn in the same colours); ``kwargs`` go to ``ax.legend``.
+    """
     from matplotlib.patches import Patch
 
-    names_colors = [*_YES_NO.items(), ("ignore", IGNORE_COLOR)]
-    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for n, c in names_colors]
+    if len(names) != 3:
+        raise ValueError(f"names must hold three labels (yes, no, ignore), got {list(names)}")
+    colors = [*_YES_NO.values(), IGNORE_COLOR]
+    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for n, c in zip(names, colors,
+                                                                                             strict=True)]
     return ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
 
 
