@@ -160,8 +160,8 @@ def right_wrong_map(pred, label, ignore_index: int = 255) -> np.ndarray:
     if pred.shape != label.shape or pred.ndim != 2:
         raise ValueError(f"pred and label must both have shape (H, W), got {tuple(pred.shape)} and "
                          f"{tuple(label.shape)}")
-    rgb = np.where((pred == label).numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"]).astype(np.uint8)
-    rgb[(label == ignore_index).numpy()] = np.asarray(IGNORE_COLOR, dtype=np.uint8)
+    rgb = np.where((pred == label).cpu().numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"]).astype(np.uint8)
+    rgb[(label == ignore_index).cpu().numpy()] = np.asarray(IGNORE_COLOR, dtype=np.uint8)
     return rgb
 
 
