@@ -10,10 +10,12 @@ over images where one is defined). :func:`table2` and :func:`paper_table2` turn 
 quality, chapter 9's rule of thumb and the measured gain over its base), :func:`rule_table` sets the rule beside the
 measurement and :func:`plot_by_severity` draws such metrics against severity, one line per shift.
 
-Selector protocol: a calibrator that flags pixels (selective scaling) may define
-``selector_quality(logits (N, C, H, W), labels (N, H, W)[, images]) -> dict[str, float]`` (e.g. ``accuracy``,
-``precision_mispredicted``, ``recall_mispredicted``, ``auroc``). The sweep calls it on each whole test set and
-records every entry as metric ``"selector_<key>"``.
+Selector quality: a calibrator that flags pixels (selective scaling, or anything with
+``mispredicted_proba(logits, images=None) -> (N, H, W)`` probabilities of "mispredicted", a ``threshold`` and
+optionally a ``base`` calibrator whose argmax is judged) is scored on each whole test set by
+:func:`segcal_lib.calibrators.selective_eval.selector_detection` (``accuracy``, ``precision`` and ``recall`` for
+"mispredicted", ``auroc``, ...) when :func:`sweep` is given ``selectors=True``, every entry recorded as metric
+``"selector_<key>"``.
 
 >>> df = shift_sweep(model, cfg, ["fog", "blur"], [1, 3, 5])           # doctest: +SKIP
 >>> table2(df, severity=3)                                            # doctest: +SKIP
@@ -31,8 +33,8 @@ from torch import nn
 
 from segcal_lib import paper, pipeline
 from segcal_lib.calibrators import Calibrator, list_calibrators, make_calibrator
-from segcal_lib.calibrators.selective import detection_quality
-from segcal_lib.calibrators.selective_eval import FlaggedStats
+from segcal_lib.calibrators.selective import detection_quality, selector_scores
+from segcal_lib.calibrators.selective_eval import FlaggedStats, selector_detection
 from segcal_lib.config import Profile, get_profile
 from segcal_lib.data import SHIFTS
 from segcal_lib.data.shifts import SHIFT_KINDS
@@ -137,12 +139,13 @@ def _metric_rows(res: dict, seg: dict, ref_eces: np.ndarray | None, n_boot: int,
 
 
 def evaluate(store: LogitStore, calibrators: Mapping[str, Calibrator], *, dataset=None,
-             n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> list[dict]:
+             n_boot: int = DEFAULT_N_BOOT, seed: int = 0, selectors: bool = False) -> list[dict]:
     """Metrics of each fitted calibrator on one test store, as tidy rows ``{calibrator, metric, value, low, high}``.
 
     Metrics: ``image_ece`` (mean over images, 95% bootstrap interval), ``delta_image_ece`` (calibrator minus Uncal on
     the same images, paired interval; negative = better), pooled ``ece``, ``nll``, ``brier``, ``accuracy``,
-    ``confidence``, ``miou`` (of the calibrated argmax), and ``selector_*`` for calibrators with ``selector_quality``.
+    ``confidence``, ``miou`` (of the calibrated argmax), and with ``selectors=True`` ``selector_*`` for calibrators
+    that flag pixels (``mispredicted_proba``; a second pass over the store for each, hence opt-in).
     ECE uses 10 equal-width bins.
     """
     c = store.num_classes
@@ -166,18 +169,10 @@ def evaluate(store: LogitStore, calibrators: Mapping[str, Calibrator], *, datase
         res, seg = results[name]
         for row in _metric_rows(res, seg, None if name == REFERENCE else ref, n_boot, seed):
             rows.append(dict(calibrator=name, **row))
-        if hasattr(cal, "selector_quality"):
-            rows += [dict(calibrator=name, metric=f"selector_{k}", value=float(v))
-                     for k, v in _selector_quality(cal, store, dataset).items()]
+        if selectors and hasattr(cal, "mispredicted_proba"):
+            quality = selector_detection(cal, _batches(store, dataset if cal.needs_images else None), max_pixels=None)
+            rows += [dict(calibrator=name, metric=f"selector_{k}", value=float(v)) for k, v in quality.items()]
     return rows
-
-
-def _selector_quality(cal, store: LogitStore, dataset) -> dict:
-    logits, labels, images = (torch.cat(parts) if parts[0] is not None else None
-                              for parts in zip(*_batches(store, dataset if cal.needs_images else None), strict=True))
-    with torch.no_grad():
-        return (cal.selector_quality(logits, labels, images) if cal.needs_images
-                else cal.selector_quality(logits, labels))
 
 
 def _test_set_info(label: str, spec: Mapping) -> dict:
@@ -190,7 +185,7 @@ def _test_set_info(label: str, spec: Mapping) -> dict:
 
 def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], calibrators=None, *,
           profile: Profile | str | None = None, cal_split: str = "val", cal_extra: Mapping | None = None,
-          with_images: bool = False, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+          with_images: bool = False, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, selectors: bool = False,
           progress: bool = False) -> pd.DataFrame:
     """Fit calibrators once on the calibration split, evaluate them on each test set; one tidy table.
 
@@ -207,6 +202,8 @@ def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], 
     cal_split, cal_extra : the calibration split and its data-spec arguments (default: all of ``val``).
     with_images : give images to calibrators that need them (read from the data set again; slower).
     n_boot, seed : bootstrap resamples and seed of every interval.
+    selectors : also score the selector of every calibrator that flags pixels (``selector_*`` metrics, see
+        :func:`evaluate`); :func:`selective_sweep` does it for one selective calibrator beside its rule of thumb.
     progress : progress bars.
 
     Returns
@@ -233,7 +230,7 @@ def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], 
             spec = pipeline.data_spec(name, "test", p, kw.get("shift"), kw.get("severity"), **extra)
             data = pipeline.load_dataset(spec)
         info = dict(_test_set_info(label, kw), n_images=len(store))
-        for row in evaluate(store, cals, dataset=data, n_boot=n_boot, seed=seed):
+        for row in evaluate(store, cals, dataset=data, n_boot=n_boot, seed=seed, selectors=selectors):
             rows.append({**info, "method": method_label(row["calibrator"]), **row})
     df = pd.DataFrame(rows)
     for col in ("low", "high"):
@@ -416,9 +413,10 @@ def _selective_metrics(cal, store: LogitStore, dataset, n_boot: int, seed: int) 
             flagged.update(z, out, q > cal.threshold, labels)
             meters["base"].update(z, labels)
             meters["selective"].update(out, labels)
-            valid = labels != cal.ignore_index
-            scores.append(q[valid].float().cpu())
-            wrong.append((z.argmax(1) != labels)[valid].cpu())
+            # The scores already computed, judged against the base's argmax: the library's one mechanism for both.
+            q_valid, wrong_valid = selector_scores(z, labels, q, ignore_index=cal.ignore_index)
+            scores.append(q_valid)
+            wrong.append(wrong_valid)
     det = detection_quality(torch.cat(scores), torch.cat(wrong), cal.threshold)
     fl = flagged.compute()
     base_eces, sel_eces = (meters[k].compute()["image_eces"] for k in ("base", "selective"))

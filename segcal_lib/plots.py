@@ -160,17 +160,24 @@ def right_wrong_map(pred, label, ignore_index: int = 255) -> np.ndarray:
     if pred.shape != label.shape or pred.ndim != 2:
         raise ValueError(f"pred and label must both have shape (H, W), got {tuple(pred.shape)} and "
                          f"{tuple(label.shape)}")
-    rgb = np.where((pred == label).numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"]).astype(np.uint8)
-    rgb[(label == ignore_index).numpy()] = np.asarray(IGNORE_COLOR, dtype=np.uint8)
+    rgb = np.where((pred == label).cpu().numpy()[..., None], _YES_NO["correct"], _YES_NO["wrong"]).astype(np.uint8)
+    rgb[(label == ignore_index).cpu().numpy()] = np.asarray(IGNORE_COLOR, dtype=np.uint8)
     return rgb
 
 
-def right_wrong_legend(ax, **kwargs):
-    """A legend naming the three colours of :func:`right_wrong_map` on ``ax``; ``kwargs`` go to ``ax.legend``."""
+def right_wrong_legend(ax, names: Sequence[str] = ("correct", "wrong", "ignore"), **kwargs):
+    """A legend naming the three colours of :func:`right_wrong_map` on ``ax`` (an axes or a figure).
+
+    ``names``: the labels of the "yes", "no" and ignore colours (e.g. ``("kept", "flagged", "ignore")`` for a map of
+    flagged pixels drawn in the same colours); ``kwargs`` go to ``ax.legend``.
+    """
     from matplotlib.patches import Patch
 
-    names_colors = [*_YES_NO.items(), ("ignore", IGNORE_COLOR)]
-    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for n, c in names_colors]
+    if len(names) != 3:
+        raise ValueError(f"names must hold three labels (yes, no, ignore), got {list(names)}")
+    colors = [*_YES_NO.values(), IGNORE_COLOR]
+    handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.3", label=n) for n, c in zip(names, colors,
+                                                                                             strict=True)]
     return ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
 
 

@@ -11,21 +11,25 @@ figure the built book shows in place of the live widget.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
-from matplotlib.patches import Patch
 
 from segcal_lib.calibrators.selective import apply_selective_scaling
 from segcal_lib.metrics import CalibrationMeter
+from segcal_lib.plots import COLUMN_WIDTH, right_wrong_legend, right_wrong_map, to_numpy_image
 
 __all__ = ["SelectiveExplorer", "before_after_figure"]
 
 IGNORE_INDEX = 255
 
+
+# Legends of the small yes/no maps go under them, so that they hide none of the map.
+_LEGEND_BELOW = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, handlelength=1.0,
+                     columnspacing=0.6, handletextpad=0.3)
 
 class SelectiveExplorer:
     """Threshold and ``T_mis`` of selective scaling against image-wise ECE, pooled ECE and the share flagged.
@@ -69,52 +73,47 @@ class SelectiveExplorer:
                        "pooled_ece": res["ece"], "flagged_share": flagged}
         return self.result
 
-    def draw_image(self, threshold: float, t_mis: float, index: int = 0, axes=None):
-        """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes."""
+    def draw_image(self, threshold: float, t_mis: float, index: int = 0, axes=None, legend: bool = True):
+        """Confidence before and after, and the flagged pixels, of image ``index``; returns the axes.
+
+        ``legend=False`` leaves out the flagged map's legend (:func:`before_after_figure` draws one for all rows).
+        """
         if axes is None:
-            _, axes = plt.subplots(1, 3, figsize=(9, 2.6))
+            _, axes = plt.subplots(1, 3, figsize=(COLUMN_WIDTH, 2.4))
         before = self.base_logits[index].softmax(0).max(0).values.cpu().numpy()
         after = self.scaled(threshold, t_mis, index)[0].softmax(0).max(0).values.cpu().numpy()
-        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
-        flag = (self.mis_score[index] > threshold).cpu().numpy()
-        # Three categories for the yes/no map, each with a legend entry (ignored pixels in grey).
-        cat = np.where(~valid, 2, flag.astype(int))
-        for ax, arr, title in ((axes[0], before, "confidence, base"),
-                               (axes[1], after, f"confidence, selective (T_mis={t_mis:.3g})")):
+        # The flags as a yes/no map in the book's colours: "kept" where a right prediction would be, "flagged"
+        # where a wrong one would, ignore pixels as ignored.
+        flag = (self.mis_score[index] > threshold).long()
+        flagged_map = right_wrong_map(flag, torch.zeros_like(flag).masked_fill(self.labels[index].cpu() ==
+                                                                               IGNORE_INDEX, IGNORE_INDEX))
+        for ax, arr, title in ((axes[0], before, "confidence,\nbase"),
+                               (axes[1], after, f"confidence, selective\n(T_mis={t_mis:.3g})")):
             im = ax.imshow(arr, cmap="cividis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         plt.colorbar(im, ax=axes[1], fraction=0.035, pad=0.02)
-        colors = ["#f0f0f0", "#d55e00", "#7f7f7f"]
-        axes[2].imshow(cat, cmap=ListedColormap(colors), vmin=0, vmax=2, interpolation="nearest")
-        axes[2].set_title(f"flagged (threshold {threshold:.2f})", fontsize=9)
+        axes[2].imshow(flagged_map, interpolation="nearest")
+        axes[2].set_title(f"flagged\n(threshold {threshold:.2f})", fontsize=9)
         axes[2].axis("off")
-        axes[2].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("kept", "flagged", "ignored"),
-                                                                             strict=True)],
-                       loc="lower left", fontsize=8, framealpha=0.9)
+        if legend:  # under the map, so that it hides none of it
+            right_wrong_legend(axes[2], names=("kept", "flagged", "ignore"), **_LEGEND_BELOW)
         return axes
 
-    def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None):
+    def draw_row(self, index: int, threshold: float, t_mis: float, image=None, axes=None, legend: bool = True):
         """One row of :func:`before_after_figure`: the image, its errors, and :meth:`draw_image`'s three panels."""
-        from segcal_lib.plots import to_numpy_image
-
         if axes is None:
-            _, axes = plt.subplots(1, 5, figsize=(12, 2.4))
-        valid = (self.labels[index] != IGNORE_INDEX).cpu().numpy()
-        wrong = (self.base_logits[index].argmax(0) != self.labels[index]).cpu().numpy()
+            _, axes = plt.subplots(1, 5, figsize=(COLUMN_WIDTH, 1.9))
         if image is not None:
             axes[0].imshow(to_numpy_image(image), interpolation="nearest")
         axes[0].set_title("image", fontsize=9)
         axes[0].axis("off")
-        colors = ["#f0f0f0", "#0072b2", "#7f7f7f"]
-        axes[1].imshow(np.where(~valid, 2, wrong.astype(int)), cmap=ListedColormap(colors), vmin=0, vmax=2,
-                       interpolation="nearest")
-        axes[1].set_title("errors of the prediction", fontsize=9)
+        axes[1].imshow(right_wrong_map(self.base_logits[index].argmax(0), self.labels[index]), interpolation="nearest")
+        axes[1].set_title("errors of the\nprediction", fontsize=9)
         axes[1].axis("off")
-        axes[1].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ("right", "wrong", "ignored"),
-                                                                             strict=True)],
-                       loc="lower left", fontsize=8, framealpha=0.9)
-        self.draw_image(threshold, t_mis, index, axes[2:])
+        if legend:
+            right_wrong_legend(axes[1], **_LEGEND_BELOW)
+        self.draw_image(threshold, t_mis, index, axes[2:], legend=legend)
         return axes
 
     def grid(self, thresholds: Sequence[float], t_mis_values: Sequence[float]) -> dict:
@@ -127,16 +126,16 @@ class SelectiveExplorer:
                     t_mis: float = 1e10, index: int = 0, base_image_ece: float | None = None):
         """The static stand-in for the widget: image-wise ECE over the grid, the share flagged, and one image."""
         g = self.grid(thresholds, t_mis_values)
-        fig = plt.figure(figsize=(9.5, 5.6))
+        fig = plt.figure(figsize=(COLUMN_WIDTH, 5.6))
         top = fig.add_gridspec(2, 3, height_ratios=[1.2, 1])
         ax = fig.add_subplot(top[0, :2])
         im = ax.imshow(g["image_ece"], aspect="auto", cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(thresholds)), [f"{t:.2f}" for t in thresholds], fontsize=8)
-        ax.set_yticks(range(len(t_mis_values)), [f"{t:.3g}" for t in t_mis_values], fontsize=8)
+        ax.set_xticks(range(len(thresholds)), [f"{t:.2f}" for t in thresholds], fontsize=9)
+        ax.set_yticks(range(len(t_mis_values)), [f"{t:.3g}" for t in t_mis_values], fontsize=9)
         ax.set(xlabel="threshold on P(mispredicted)", ylabel="T_mis")
         best = np.unravel_index(np.nanargmin(g["image_ece"]), g["image_ece"].shape)
         ax.plot(best[1], best[0], "w*", markersize=12, label=f"lowest: {g['image_ece'][best]:.4f}")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=9)
         title = "image-wise ECE (10 equal-width bins)"
         if base_image_ece is not None:
             title += f"; base: {base_image_ece:.4f}"
@@ -158,22 +157,25 @@ class SelectiveExplorer:
         th = w.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold")
         lt = w.FloatSlider(value=log10_t_mis, min=0.0, max=10.0, step=0.25, description="log10 T_mis")
         img = w.Dropdown(options=list(range(self.base_logits.shape[0])), value=index, description="image")
-        text, out = w.HTML(), w.Output()
+        # The image is a PNG in an ipywidgets.Image, not a figure captured by an Output widget: output captured
+        # while a cell runs headless (nbclient, nbmake) can leave the executor waiting (jupyter/nbclient#312).
+        text, picture = w.HTML(), w.Image(format="png")
 
         def redraw(*_):
             t_mis = 10 ** lt.value
             r = self.evaluate(th.value, t_mis)
             text.value = (f"image-wise ECE <b>{r['image_ece']:.4f}</b> &nbsp; pooled ECE {r['pooled_ece']:.4f} "
                           f"&nbsp; flagged {r['flagged_share']:.1%} of pixels")
-            with out:
-                out.clear_output(wait=True)
-                self.draw_image(th.value, t_mis, img.value)
-                plt.show()
+            fig = self.draw_image(th.value, t_mis, img.value)[0].figure
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            picture.value = buf.getvalue()
 
         for control in (th, lt, img):
             control.observe(redraw, names="value")
         redraw()
-        box = w.VBox([w.HBox([th, lt, img]), text, out])
+        box = w.VBox([w.HBox([th, lt, img]), text, picture])
         box.controls = {"threshold": th, "log10_t_mis": lt, "image": img}
         return box
 
@@ -181,8 +183,11 @@ class SelectiveExplorer:
 def before_after_figure(explorer: SelectiveExplorer, indices: Sequence[int], images: Sequence | None = None,
                         threshold: float = 0.5, t_mis: float = 1e10):
     """Rows of (image, errors, confidence before, confidence after, flagged) for the images ``indices``."""
-    fig, axes = plt.subplots(len(indices), 5, figsize=(12.5, 2.5 * len(indices)), squeeze=False)
+    fig, axes = plt.subplots(len(indices), 5, figsize=(COLUMN_WIDTH, 1.6 * len(indices) + 0.4), squeeze=False)
     for row, i in zip(axes, indices, strict=True):
-        explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row)
-    fig.tight_layout()
+        explorer.draw_row(i, threshold, t_mis, None if images is None else images[i], row, legend=False)
+    # One legend for every row's yes/no maps, under the figure: small maps would be hidden by their own.
+    right_wrong_legend(fig, names=("correct / kept", "wrong / flagged", "ignore"), loc="lower center", ncol=3,
+                       fontsize=9)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     return fig

@@ -21,6 +21,7 @@ from segcal_lib.data import CamVid
 from segcal_lib.data.datasets import find_camvid
 
 SHIFTS, SEVERITIES = ["fog", "blur"], [1, 4]
+QUALITY = ["accuracy", "precision", "recall", "auroc", "flagged_share", "mispredicted_share", "n_pixels"]
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,10 @@ class ConfidenceSelector(Calibrator):
     def _calibrate(self, logits, images):
         return torch.where(self._flags(logits)[:, None], logits * 0.01, logits)
 
-    def selector_quality(self, logits, labels):
-        valid = labels != 255
-        wrong = (logits.argmax(1) != labels)[valid]
-        flags = self._flags(logits)[valid]
-        return {"accuracy": (flags == wrong).double().mean().item(), "n_pixels": int(valid.sum())}
+    threshold = 0.4  # flagged when 1 - top probability > 0.4
+
+    def mispredicted_proba(self, logits, images=None):
+        return 1 - logits.softmax(1).amax(1)
 
 
 class BrightnessTemperature(Calibrator):
@@ -97,7 +97,7 @@ def swept(tiny):
     p, model, cfg = tiny
     cals = {"identity": make_calibrator("identity", progress=False), "ts": make_calibrator("ts", progress=False),
             "toy_selective": ConfidenceSelector(progress=False)}
-    df = ash.shift_sweep(model, cfg, SHIFTS, SEVERITIES, cals, profile=p, n_boot=200)
+    df = ash.shift_sweep(model, cfg, SHIFTS, SEVERITIES, cals, profile=p, n_boot=200, selectors=True)
     return df, cals
 
 
@@ -142,15 +142,24 @@ def test_selector_protocol_is_reported_per_test_set(tiny, swept):
     p, model, cfg = tiny
     df, cals = swept
     sel = ash.selector_table(df)
-    assert list(sel.columns) == ["accuracy", "n_pixels"]
+    assert list(sel.columns) == QUALITY
     assert sel.index.get_level_values("method").unique().tolist() == ["toy_selective"]
     store = pipeline.get_logits(model, cfg, "test", p, progress=False, shift="fog", severity=4)
     logits, labels = torch.from_numpy(np.asarray(store.logits, np.float32)), torch.from_numpy(
         np.asarray(store.labels).astype(np.int64))
-    expect = cals["toy_selective"].selector_quality(logits, labels)
-    assert sel.loc[("fog 4", "toy_selective"), "accuracy"] == pytest.approx(expect["accuracy"])
+    # Brute force: the toy flags pixels whose top probability is below 0.6.
+    valid = labels != 255
+    wrong = (logits.argmax(1) != labels)[valid]
+    flags = cals["toy_selective"]._flags(logits)[valid]
+    got = sel.loc[("fog 4", "toy_selective")]
+    assert got["accuracy"] == pytest.approx((flags == wrong).double().mean().item())
+    assert got["precision"] == pytest.approx((flags & wrong).sum().item() / flags.sum().item())
+    assert got["recall"] == pytest.approx((flags & wrong).sum().item() / wrong.sum().item())
     assert sel.loc[("fog 4", "toy_selective"), "n_pixels"] == (labels != 255).sum().item()
     assert ash.selector_table(df[~df["metric"].str.startswith("selector_")]).empty
+    # Opt-in: without selectors=True the same store gives no selector rows.
+    plain = ash.evaluate(store, {"toy_selective": cals["toy_selective"]}, n_boot=20)
+    assert not any(r["metric"].startswith("selector_") for r in plain)
 
 
 def test_calibrators_that_need_images_get_them(tiny):
@@ -231,7 +240,7 @@ def test_gains_trends_and_selector_joins_follow_the_frame(swept):
         "in-domain", "low"]
     assert (fog["verdict"] != "within noise") == disjoint
     sv = ash.selector_vs_gain(df)
-    assert list(sv.columns) == ["accuracy", "n_pixels", "delta image-wise ECE"] and len(sv) == 5
+    assert list(sv.columns) == [*QUALITY, "delta image-wise ECE"] and len(sv) == 5
     with pytest.raises(ValueError, match="in-domain"):
         ash.severity_trend(df[df["test_set"] != "in-domain"])
 

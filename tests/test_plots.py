@@ -32,3 +32,15 @@ def test_right_wrong_legend_names_the_three_colours():
     legend = plots.right_wrong_legend(ax)
     assert [t.get_text() for t in legend.get_texts()] == ["correct", "wrong", "ignore"]
     plt.close(fig)
+
+
+def test_right_wrong_legend_takes_other_names_for_the_same_colours_and_rejects_a_wrong_count():
+    fig, ax = plt.subplots()
+    default = plots.right_wrong_legend(ax)
+    renamed = plots.right_wrong_legend(fig, names=("kept", "flagged", "ignore"))
+    assert [t.get_text() for t in renamed.get_texts()] == ["kept", "flagged", "ignore"]
+    colours = [tuple(h.get_facecolor()) for h in default.legend_handles]
+    assert [tuple(h.get_facecolor()) for h in renamed.legend_handles] == colours
+    with pytest.raises(ValueError, match="three labels"):
+        plots.right_wrong_legend(ax, names=("yes", "no"))
+    plt.close(fig)

@@ -14,6 +14,7 @@ from segcal_lib.calibrators.selective import (
     auroc,
     detection_quality,
     fit_two_temperatures,
+    selector_quality,
 )
 from segcal_lib.calibrators.selective_eval import (
     OracleSelective,
@@ -101,6 +102,41 @@ def test_detection_quality_counts():
     assert res["precision"] == pytest.approx(2 / 3) and res["recall"] == pytest.approx(2 / 3)
     assert res["accuracy"] == pytest.approx(3 / 5) and res["flagged_share"] == pytest.approx(3 / 5)
     assert res["auroc"] == pytest.approx(4 / 6)
+
+
+def test_selector_quality_of_scores_equals_float64_counts_without_ignore_pixels():
+    z, y = _uniform_data(n=2, c=4, hw=12, t=3.0, seed=5)
+    y[0, :2] = 255
+    q = torch.rand(y.shape, generator=torch.Generator().manual_seed(7))
+    res = selector_quality(z, y, q, threshold=0.6)
+    zn, yn, qn = z.double().numpy(), y.numpy(), q.double().numpy()
+    valid = yn != 255
+    wrong, score = (zn.argmax(1) != yn)[valid], qn[valid]
+    flag = score > 0.6
+    pairs = score[wrong][:, None] - score[~wrong][None, :]
+    assert res["n_pixels"] == valid.sum()
+    assert res["accuracy"] == pytest.approx((flag == wrong).mean(), abs=1e-12)
+    assert res["precision"] == pytest.approx((flag & wrong).sum() / flag.sum(), abs=1e-12)
+    assert res["recall"] == pytest.approx((flag & wrong).sum() / wrong.sum(), abs=1e-12)
+    assert res["auroc"] == pytest.approx((pairs > 0).mean() + 0.5 * (pairs == 0).mean(), abs=1e-12)
+    flags_only = selector_quality(z, y, q > 0.6)
+    assert flags_only["precision"] == res["precision"] and flags_only["recall"] == res["recall"]
+    with pytest.raises(ValueError, match="selector scores must have shape"):
+        selector_quality(z, y, q[:, :5])
+    with pytest.raises(ValueError, match="selector must be"):
+        selector_quality(z, y, "mlp")
+    with pytest.raises(ValueError, match="labels must have shape"):
+        selector_quality(z, y[:, :5], q)
+
+
+def test_selector_quality_of_a_calibrator_judges_its_base_and_uses_its_threshold():
+    z, y = _tell_data(n=3, hw=16)
+    cal = make_calibrator("selective", base="ts", threshold=0.3, **FAST).fit(z, y)
+    zt, yt = _tell_data(n=2, hw=16, seed=2)
+    got = selector_quality(zt, yt, cal)
+    expect = selector_quality(cal.base(zt), yt, cal.mispredicted_proba(zt), threshold=0.3)
+    assert got == expect
+    assert got == selector_detection(cal, [(zt[:1], yt[:1]), (zt[1:], yt[1:])])
 
 
 # ------------------------------------------------------------------------------------------------ temperatures

@@ -41,11 +41,14 @@ def test_widget_follows_its_sliders():
     ex, *_ = _explorer()
     box = ex.widget(index=1)
     assert ex.result["threshold"] == 0.5 and ex.result["t_mis"] == pytest.approx(1e10)
+    first = bytes(box.children[2].value)
+    assert first.startswith(b"\x89PNG")  # the image is a PNG in the widget's own state
     box.controls["threshold"].value = 0.8
     box.controls["log10_t_mis"].value = 0.0
     assert ex.result["threshold"] == 0.8 and ex.result["t_mis"] == 1.0
     assert ex.result == ex.evaluate(0.8, 1.0)
     assert "image-wise ECE" in box.children[1].value
+    assert bytes(box.children[2].value) != first
     plt.close("all")
 
 

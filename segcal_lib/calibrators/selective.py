@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from segcal_lib.calibrators.base import Calibrator
 from segcal_lib.calibrators.registry import make_calibrator, register_calibrator
 from segcal_lib.calibrators.sampling import sample_pixels
+from segcal_lib.checks import IGNORE_INDEX, check_logits_labels
 
 __all__ = ["SelectiveScaling", "apply_selective_scaling", "auroc", "conv_selector", "detection_quality",
-           "fit_two_temperatures", "mlp_selector"]
+           "fit_two_temperatures", "mlp_selector", "selector_quality", "selector_scores"]
 
 # Temperature the paper uses for flagged pixels when the selector is accurate (logits / 1e10: uniform).
 PAPER_T_MIS = 1e10
@@ -172,6 +173,69 @@ def detection_quality(mis_score: torch.Tensor, mispredicted: torch.Tensor, thres
             "precision": tp / n_flag if n_flag else math.nan, "recall": tp / n_mis if n_mis else math.nan,
             "auroc": auroc(q, m), "flagged_share": n_flag / n if n else math.nan,
             "mispredicted_share": n_mis / n if n else math.nan, "n_pixels": n}
+
+
+@torch.no_grad()
+def selector_scores(logits: torch.Tensor, labels: torch.Tensor, selector, images: torch.Tensor | None = None,
+                    ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """A selector's probability of "mispredicted" and the truth, on the valid pixels of one batch.
+
+    Parameters
+    ----------
+    logits : float tensor (N, C, H, W). With a calibrator as ``selector``: the model's raw logits (the truth is the
+        argmax of its base calibrator, ``selector.base``, when it has one). With scores: the logits the scores judge.
+    labels : integer tensor (N, H, W); ``ignore_index`` pixels are left out.
+    selector : a fitted :class:`SelectiveScaling` (or any object with ``mispredicted_proba(logits, images)``), or a
+        float tensor (N, H, W) of scores in [0, 1] (higher = more likely mispredicted) or a bool tensor of flags.
+    images : float tensor (N, 3, H, W) for selectors that read the image.
+
+    Returns
+    -------
+    (scores, mispredicted): float32 (P,) and bool (P,) on the CPU, P = number of valid pixels.
+    """
+    check_logits_labels(logits, labels, ignore_index=ignore_index)
+    expected = (logits.shape[0], *logits.shape[2:])
+    if isinstance(selector, torch.Tensor):
+        if tuple(selector.shape) != expected:
+            raise ValueError(f"selector scores must have shape {expected} (logits without the class dim), got "
+                             f"{tuple(selector.shape)}")
+        q, judged = selector, logits
+    elif hasattr(selector, "mispredicted_proba"):
+        q = selector.mispredicted_proba(logits, images)
+        base = getattr(selector, "base", None)
+        judged = logits if base is None else base(logits, images)
+    else:
+        raise ValueError("selector must be a fitted selective calibrator (with mispredicted_proba) or a tensor of "
+                         f"scores (N, H, W), got {type(selector).__name__}")
+    valid = labels != ignore_index
+    wrong = judged.argmax(1) != labels.to(judged.device)
+    return q[valid.to(q.device)].float().cpu(), wrong[valid.to(wrong.device)].cpu()
+
+
+def selector_quality(logits: torch.Tensor, labels: torch.Tensor, selector, images: torch.Tensor | None = None, *,
+                     threshold: float | None = None, ignore_index: int = IGNORE_INDEX) -> dict:
+    """How well a selector finds the mispredicted pixels of a set of images: accuracy, precision, recall, AUROC.
+
+    Parameters
+    ----------
+    logits, labels, selector, images, ignore_index : as in :func:`selector_scores`.
+    threshold : a pixel is flagged when its score exceeds it; default the selector's own ``threshold``
+        (0.5 for scores).
+
+    Returns
+    -------
+    dict of :func:`detection_quality` (``accuracy``, ``precision`` and ``recall`` for "mispredicted", ``auroc``,
+    ``flagged_share``, ``mispredicted_share``, ``n_pixels``) over the valid pixels. For a split too large to hold in
+    memory, :func:`segcal_lib.calibrators.selective_eval.selector_detection` streams it in batches.
+
+    Examples
+    --------
+    >>> selector_quality(test_logits, test_labels, fitted_selective)["auroc"]   # doctest: +SKIP
+    """
+    q, wrong = selector_scores(logits, labels, selector, images, ignore_index)
+    if threshold is None:
+        threshold = getattr(selector, "threshold", 0.5)
+    return detection_quality(q, wrong, threshold)
 
 
 # ------------------------------------------------------------------------------------------------ temperatures

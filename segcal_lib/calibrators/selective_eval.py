@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from segcal_lib.calibrators.base import Calibrator
 from segcal_lib.calibrators.registry import make_calibrator
 from segcal_lib.calibrators.sampling import as_batches
-from segcal_lib.calibrators.selective import PAPER_T_MIS, apply_selective_scaling, detection_quality
+from segcal_lib.calibrators.selective import PAPER_T_MIS, apply_selective_scaling, detection_quality, selector_scores
 from segcal_lib.metrics import CalibrationMeter, SegmentationMeter, boundary_mask
 from segcal_lib.stats import paired_bootstrap_ci
 
@@ -159,9 +159,11 @@ class OracleSelective:
 
 
 @torch.no_grad()
-def selector_detection(cal, source, batch_size: int = 8, max_pixels: int = 4_000_000, seed: int = 0) -> dict:
-    """Detection quality of a fitted selective calibrator's selector on a split (all valid pixels, or a uniform
-    sample of ``max_pixels`` of them): see :func:`~segcal_lib.calibrators.selective.detection_quality`.
+def selector_detection(cal, source, batch_size: int = 8, max_pixels: int | None = 4_000_000, seed: int = 0) -> dict:
+    """:func:`~segcal_lib.calibrators.selective.selector_quality` of a fitted selector on a split, streamed in
+    batches: all valid pixels, or a uniform sample of ``max_pixels`` of them (None: all).
+
+    ``source``: a LogitStore or an iterable of ``(logits, labels[, images])`` batches.
     """
     cal.check_fitted()
     if hasattr(source, "iter_batches"):
@@ -169,16 +171,12 @@ def selector_detection(cal, source, batch_size: int = 8, max_pixels: int = 4_000
     gen = torch.Generator().manual_seed(seed)
     qs, wrongs, keys = [], [], []
     for batch in source:
-        logits, labels = batch[0], batch[1]
-        images = batch[2] if len(batch) > 2 else None
-        z = cal.base(logits, images)
-        q = cal.mispredicted_proba(logits, images)
-        valid = labels != IGNORE_INDEX
-        qs.append(q[valid].float().cpu())
-        wrongs.append((z.argmax(1) != labels)[valid].cpu())
-        keys.append(torch.rand(qs[-1].shape, generator=gen))
+        q, wrong = selector_scores(batch[0], batch[1], cal, batch[2] if len(batch) > 2 else None)
+        qs.append(q)
+        wrongs.append(wrong)
+        keys.append(torch.rand(q.shape, generator=gen))
     q, wrong, key = torch.cat(qs), torch.cat(wrongs), torch.cat(keys)
-    if q.numel() > max_pixels:
+    if max_pixels is not None and q.numel() > max_pixels:
         keep = key.topk(max_pixels, largest=False).indices
         q, wrong = q[keep], wrong[keep]
     return detection_quality(q, wrong, cal.threshold)
