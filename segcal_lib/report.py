@@ -86,7 +86,7 @@ def calibration_table(results: Mapping[str, Mapping], miou: Mapping[str, float] 
     Returns
     -------
     DataFrame indexed by method, with columns ``image-wise ECE``, ``95% CI`` (string), ``pooled ECE``, ``NLL``,
-    ``Brier``, ``confidence − accuracy`` (points) and, when given, ``mIoU (%)``. ECE uses the meters' equal-width bins.
+    ``Brier``, ``confidence − accuracy (points)`` and, when given, ``mIoU (%)``. ECE uses the meters' equal-width bins.
     """
     if not results:
         raise ValueError("results must hold at least one method")
@@ -95,7 +95,7 @@ def calibration_table(results: Mapping[str, Mapping], miou: Mapping[str, float] 
         mean, lo, hi = bootstrap_ci(res["image_eces"], level=CI_LEVEL, seed=seed)
         row = {"image-wise ECE": round(mean, digits), f"{CI_LEVEL:.0%} CI": f"[{lo:.{digits}f}, {hi:.{digits}f}]",
                "pooled ECE": round(res["ece"], digits), "NLL": round(res["nll"], 4), "Brier": round(res["brier"], 4),
-               "confidence − accuracy": round((res["confidence"] - res["accuracy"]) * 100, 2)}
+               "confidence − accuracy (points)": round((res["confidence"] - res["accuracy"]) * 100, 2)}
         if miou is not None:
             row["mIoU (%)"] = round(miou[name] * 100, 1)
         rows[name] = row

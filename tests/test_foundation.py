@@ -91,7 +91,7 @@ def test_calibration_table_rows_and_intervals():
     assert list(table.index) == ["Uncal", "TempS"]
     assert table.loc["Uncal", "image-wise ECE"] == pytest.approx(0.05)
     assert table.loc["TempS", "pooled ECE"] == pytest.approx(0.02)
-    assert table.loc["Uncal", "confidence − accuracy"] == pytest.approx(2.0)
+    assert table.loc["Uncal", "confidence − accuracy (points)"] == pytest.approx(2.0)
     assert table.loc["Uncal", "mIoU (%)"] == pytest.approx(50.0)
     with pytest.raises(ValueError):
         report.calibration_table({})
