@@ -93,10 +93,10 @@ FACTOR_SETTINGS: dict[str, FactorSettings] = {
         capacity_models=("resnet10t_sixteenth_fpn", "resnet10t_eighth_fpn", "convnext_d8_fpn", "resnet10t_quarter_fpn",
                          "convnext_d16_fpn"),
         base_model="resnet10t_quarter_fpn", crop_sizes=(24, 30, 36, 48),
-        # Steps per (model, crop), measured on the synthetic scenes (96 training scenes). Both seeds plateau
-        # (analysis.plateaued) at these budgets except ConvNeXt-d16 seed 0 and crop 30 seed 1, so chapters 4 and 5 wait
-        # in drafts/ (drafts/README.md). Per seed 0 / 1: CPU-seconds on one thread of the two-core machine (under
-        # load), and the plateau step as a fraction of the run (at most 0.80 passes):
+        # Steps per (model, crop), measured on the synthetic scenes (96 training scenes). Every crop of the crop sweep
+        # gets the same 1500 steps, so that training length does not confound crop size (crop 48 is shared with the
+        # capacity sweep). Per seed 0 / 1: CPU-seconds on one thread of the two-core machine (under load), and the
+        # plateau step as a fraction of the run (at most 0.80 passes):
         #   resnet10t_sixteenth 48px  600 steps: 31 / 32 s, 0.76 / 0.72
         #   resnet10t_eighth    48px 1500 steps: 49 / 49 s, 0.73 / 0.72 (1000 steps: 0.72 / 0.89)
         #   convnext_d8         48px 2000 steps: 76 / 83 s, 0.74 / 0.78
@@ -111,8 +111,8 @@ FACTOR_SETTINGS: dict[str, FactorSettings] = {
         # by about 3%. On 384 scenes instead of 96 runs plateaued later (ResNet-1/8: 0.80; crop 24: 0.96).
         steps=((("resnet10t_sixteenth_fpn", 48), 600), (("resnet10t_eighth_fpn", 48), 1500),
                (("convnext_d8_fpn", 48), 2000), (("resnet10t_quarter_fpn", 48), 1500), (("convnext_d16_fpn", 48), 1500),
-               (("resnet10t_quarter_fpn", 24), 1000), (("resnet10t_quarter_fpn", 30), 1000),
-               (("resnet10t_quarter_fpn", 36), 1000))),
+               (("resnet10t_quarter_fpn", 24), 1500), (("resnet10t_quarter_fpn", 30), 1500),
+               (("resnet10t_quarter_fpn", 36), 1500))),
     # Sized for a GPU (not run here: see benchmarks/gpu_factors.sh).
     "full": FactorSettings(
         image_size=(360, 480), batch_size=8, lr=5e-4, scale_range=(0.5, 2.0), seeds=(0, 1, 2), capacity_crop=320,
