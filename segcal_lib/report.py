@@ -17,7 +17,7 @@ import pandas as pd
 from segcal_lib.stats import bootstrap_ci
 
 __all__ = ["bin_table", "calibration_table", "compare_phrase", "confidence_verdict", "fmt_ci", "glue",
-           "paper_comparison", "ratio_phrase", "say", "subset_table"]
+           "join_words", "paper_comparison", "ratio_phrase", "say", "subset_table"]
 
 CI_LEVEL = 0.95
 
@@ -46,6 +46,18 @@ def confidence_verdict(confidence: float, accuracy: float, tolerance: float = 0.
         return f"neither over- nor under-confident on average (gap {gap * 100:+.2f} points)"
     side = "over-confident" if gap > 0 else "under-confident"
     return f"{side} by {abs(gap) * 100:.2f} points"
+
+
+def join_words(items: Sequence) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``: items as they are written in a sentence (``"none"`` when empty).
+
+    >>> join_words([1500, 3000, 6000])
+    '1500, 3000 and 6000'
+    """
+    words = [str(i) for i in items]
+    if not words:
+        return "none"
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def ratio_phrase(larger: float, smaller: float) -> str:

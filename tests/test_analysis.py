@@ -123,6 +123,38 @@ def test_plateau_detector_rejects_a_falling_curve_and_accepts_a_noisy_flat_one()
         analysis.smooth([1.0, 2.0], window=5)
 
 
+def test_a_power_law_loss_never_plateaus_whatever_the_run_length():
+    # L = t^-0.3 loses 1 - 0.8^0.3 = 6.5% over the last fifth of any run: the relative test cannot pass by training
+    # longer, while the same curve above a floor does.
+    for n in (1_000, 10_000, 100_000):
+        t = np.arange(1, n + 1)
+        assert not analysis.plateaued(t ** -0.3)
+        assert analysis.plateaued(0.2 + t ** -0.3)
+
+
+def test_late_improvement_compares_the_best_values_before_and_after_the_cut():
+    steps = np.arange(0, 101, 10)  # cut at 80: steps 90 and 100 are late
+    values = np.array([2.0, 1.0, 0.8, 0.7, 0.6, 0.55, 0.5, 0.52, 0.5, 0.495, 0.51])
+    assert analysis.late_improvement(steps, values) == pytest.approx((0.5 - 0.495) / 0.5)
+    assert analysis.stopped_improving(steps, values)  # 1% < 2%
+    assert not analysis.stopped_improving(steps, values, rel_tol=0.005)
+    falling = 1.0 / (1.0 + steps)
+    assert analysis.late_improvement(steps, falling) == pytest.approx((1 / 81 - 1 / 101) / (1 / 81))
+    assert not analysis.stopped_improving(steps, falling)
+    u_shaped = 1.0 + (steps - 40.0) ** 2 / 1e4  # best at step 40, worse afterwards
+    assert analysis.late_improvement(steps, u_shaped) < 0 and analysis.stopped_improving(steps, u_shaped)
+
+
+@pytest.mark.parametrize(("steps", "values", "kw", "match"), [
+    ([0, 1, 2], [1.0, 2.0], {}, "match values"),
+    ([0, 2, 1], [1.0, 2.0, 3.0], {}, "increasing"),
+    ([0, 1, 2], [1.0, 2.0, 3.0], {"fraction": 1.0}, "fraction"),
+])
+def test_late_improvement_rejects_bad_curves(steps, values, kw, match):
+    with pytest.raises(ValueError, match=match):
+        analysis.late_improvement(steps, values, **kw)
+
+
 def test_smooth_is_a_trailing_moving_mean():
     x = np.array([4.0, 2.0, 6.0, 0.0, 8.0])
     np.testing.assert_allclose(analysis.smooth(x, 2), [4.0, 3.0, 4.0, 3.0, 4.0])
@@ -261,3 +293,32 @@ def test_capacity_ladder_models_grow_and_run_at_their_crops():
         for (model, crop), _ in s.steps:
             out = create_model(model, 5).eval()(torch.rand(1, 3, crop, crop))
             assert out.shape == (1, 5, crop, crop), model
+
+
+# ------------------------------------------------------------------------------------------------- training length
+def test_training_length_table_matches_the_meters_on_each_length(monkeypatch, tmp_path):
+    from segcal_lib import pipeline
+    from segcal_lib.config import get_profile
+    from segcal_lib.metrics import CalibrationMeter, SegmentationMeter
+
+    monkeypatch.setenv("SEGCAL_CACHE", str(tmp_path / "cache"))
+    tiny = get_profile("fast", image_size=(32, 48), n_train=4, n_val=2, n_test=2, crop_size=32, train_iters=4,
+                       batch_size=2, model="mobilenetv3_small_fpn")
+    table = analysis.training_length_table("synthetic", tiny, fractions=(0.5, 1.0))
+    assert list(table.index) == [2, 4]
+    for steps, row in table.iterrows():
+        model, cfg = pipeline.get_model("synthetic", tiny, progress=False, iters=steps)
+        store = pipeline.get_logits(model, cfg, "test", tiny, progress=False)
+        seg, cal = SegmentationMeter(store.num_classes), CalibrationMeter(store.num_classes, classwise=False)
+        for logits, labels in store.iter_batches(2):
+            seg.update(logits, labels)
+            cal.update(logits, labels)
+        seg, cal = seg.compute(), cal.compute()
+        assert row["test_miou"] == pytest.approx(seg["miou"], abs=1e-9)
+        assert row["test_over_confidence"] == pytest.approx(cal["confidence"] - cal["accuracy"], abs=1e-9)
+        assert row["test_ece_low"] <= row["test_ece"] <= row["test_ece_high"]
+        assert row["final_loss"] == pytest.approx(analysis.smooth(model.train_meta["history"]["loss"])[-1])
+    shown = analysis.format_training_length(table)
+    assert list(shown.columns) == [2, 4] and shown.loc["training loss plateaued"].isin(["yes", "no"]).all()
+    with pytest.raises(ValueError, match="fractions"):
+        analysis.training_length_table("synthetic", tiny, fractions=(0.0, 1.0))
