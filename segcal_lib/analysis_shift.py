@@ -186,7 +186,7 @@ def _test_set_info(label: str, spec: Mapping) -> dict:
 def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], calibrators=None, *,
           profile: Profile | str | None = None, cal_split: str = "val", cal_extra: Mapping | None = None,
           with_images: bool = False, n_boot: int = DEFAULT_N_BOOT, seed: int = 0, selectors: bool = False,
-          progress: bool = False) -> pd.DataFrame:
+          progress: bool = False, verbose: bool = False) -> pd.DataFrame:
     """Fit calibrators once on the calibration split, evaluate them on each test set; one tidy table.
 
     Parameters
@@ -205,6 +205,8 @@ def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], 
     selectors : also score the selector of every calibrator that flags pixels (``selector_*`` metrics, see
         :func:`evaluate`); :func:`selective_sweep` does it for one selective calibrator beside its rule of thumb.
     progress : progress bars.
+    verbose : print a line per test set saying whether its logits were loaded or computed (default False: a sweep
+        over many shifts would print dozens).
 
     Returns
     -------
@@ -217,13 +219,13 @@ def sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], 
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     name = cfg.data["name"]
     cal_extra = dict(cal_extra or {})
-    cal_store = pipeline.get_logits(model, cfg, cal_split, p, progress=progress, **cal_extra)
+    cal_store = pipeline.get_logits(model, cfg, cal_split, p, progress=progress, verbose=verbose, **cal_extra)
     cal_data = pipeline.load_dataset(pipeline.data_spec(name, cal_split, p, **cal_extra)) if with_images else None
     cals = fit_calibrators(cal_store, calibrators, dataset=cal_data, progress=progress)
     rows = []
     for label, kw in test_sets.items():
         kw = dict(kw)
-        store = pipeline.get_logits(model, cfg, "test", p, progress=progress, **kw)
+        store = pipeline.get_logits(model, cfg, "test", p, progress=progress, verbose=verbose, **kw)
         data = None
         if with_images and any(c.needs_images for c in cals.values()):
             extra = {k: v for k, v in kw.items() if k not in ("shift", "severity", "inference")}
@@ -435,7 +437,7 @@ def _selective_metrics(cal, store: LogitStore, dataset, n_boot: int, seed: int) 
 
 def selective_sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, Mapping], cal: Calibrator, *,
                     profile: Profile | str | None = None, name: str = "selective", n_boot: int = DEFAULT_N_BOOT,
-                    seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                    seed: int = 0, progress: bool = False, verbose: bool = False) -> pd.DataFrame:
     """A fitted selective calibrator on each test set: how its selector degrades, and whether chapter 9's rule of
     thumb predicts its gain over its base.
 
@@ -446,7 +448,7 @@ def selective_sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, 
     cal : a fitted :class:`~segcal_lib.calibrators.selective.SelectiveScaling` (fitted in-domain, e.g. by
         :func:`fit_calibrators`); it is not refitted.
     name : its label in the ``calibrator`` column; ``method`` is :func:`method_label` of it.
-    profile, n_boot, seed, progress : as in :func:`sweep`.
+    profile, n_boot, seed, progress, verbose : as in :func:`sweep`.
 
     Returns
     -------
@@ -474,7 +476,7 @@ def selective_sweep(model: nn.Module, cfg: TrainConfig, test_sets: Mapping[str, 
     rows = []
     for label, kw in test_sets.items():
         kw = dict(kw)
-        store = pipeline.get_logits(model, cfg, "test", p, progress=progress, **kw)
+        store = pipeline.get_logits(model, cfg, "test", p, progress=progress, verbose=verbose, **kw)
         data = None
         if cal.needs_images:
             extra = {k: v for k, v in kw.items() if k not in ("shift", "severity", "inference")}

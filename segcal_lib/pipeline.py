@@ -161,7 +161,7 @@ def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = N
 
 def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile | str | None = None,
                shift: str | None = None, severity: int | None = None, inference: dict | None = None, *,
-               progress: bool = True, **extra: Any) -> LogitStore:
+               progress: bool = True, verbose: bool = True, **extra: Any) -> LogitStore:
     """Logits and labels of ``model`` on a split of the data it was trained on, computed once and stored.
 
     Parameters
@@ -170,6 +170,8 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
     split : "val" (the calibration split), "test", or "train".
     shift, severity : a named shift or corruption of the images (:func:`segcal_lib.data.list_shifts`), 1..5.
     inference : keyword arguments of :func:`segcal_lib.inference.predict_logits` (whole image by default).
+    progress : a progress bar while computing.
+    verbose : print one line saying whether the logits were loaded or computed (default True).
     extra : passed on to :func:`data_spec` (e.g. ``domain="dusk"`` for CamVid). A folder's root, resize and class
         settings are taken from ``cfg.data`` (the data the model was trained on) unless given here.
     """
@@ -177,7 +179,7 @@ def get_logits(model: nn.Module, cfg: TrainConfig, split: str, profile: Profile 
         extra = {**{k: v for k, v in cfg.data.items() if k not in _NOT_ARGS}, **extra}
     spec = data_spec(cfg.data["name"], split, profile, shift, severity, **extra)
     return LogitStore.build_or_load(config_key(cfg), spec, spec["split"], model, lambda: load_dataset(spec),
-                                    inference_kwargs=inference or {}, progress=progress)
+                                    inference_kwargs=inference or {}, progress=progress, verbose=verbose)
 
 
 def with_images(store: LogitStore, batch_size: int = 8) -> ImageBatches:

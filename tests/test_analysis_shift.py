@@ -162,6 +162,16 @@ def test_selector_protocol_is_reported_per_test_set(tiny, swept):
     assert not any(r["metric"].startswith("selector_") for r in plain)
 
 
+def test_sweep_is_quiet_unless_asked(tiny, capsys):
+    p, model, cfg = tiny
+    sets = {"in-domain": {}, "fog 1": {"shift": "fog", "severity": 1}}
+    ash.sweep(model, cfg, sets, ["ts"], profile=p, n_boot=10)
+    assert capsys.readouterr().out == ""
+    ash.sweep(model, cfg, sets, ["ts"], profile=p, n_boot=10, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("logits" in line for line in lines)  # val + two test sets, one line each
+
+
 def test_calibrators_that_need_images_get_them(tiny):
     p, model, cfg = tiny
     with pytest.raises(ValueError, match="needs images"):
