@@ -173,9 +173,18 @@ def extract_camvid(archive: Path, dest: Path, expected: dict[str, int] | None = 
                 if member.isfile() and (out := target(member.name)) is not None:
                     with t.extractfile(member) as src, open(out, "wb") as dst:
                         shutil.copyfileobj(src, dst)
+    return install_verified(tmp, dest, lambda root: verify_camvid(root, expected))
+
+
+def install_verified(tmp: Path, dest: Path, verify) -> dict[str, int]:
+    """Put the unpacked folder ``tmp`` in place of ``dest`` once ``verify(tmp)`` accepts it; return its counts.
+
+    A folder that fails verification is deleted and never replaces ``dest``, so a broken download cannot overwrite a
+    good copy.
+    """
     try:
-        counts = verify_camvid(tmp, expected)
-    except ValueError:
+        counts = verify(tmp)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if dest.exists():

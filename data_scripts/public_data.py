@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from download_camvid import _check_sha, download, sha256sum  # noqa: E402  (the one download machinery)
+from download_camvid import _check_sha, download, install_verified, sha256sum  # noqa: E402  (the one download machinery)
 
 
 @dataclass(frozen=True)
@@ -144,14 +144,10 @@ def extract(source_key: str, archives: list[Path], dest: Path) -> dict[str, int]
                 if not (tmp / rel).exists() and (dest / rel).exists():
                     (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                     (dest / rel).rename(tmp / rel)
-        counts = verify(source_key, tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return counts
+    return install_verified(tmp, dest, lambda root: verify(source_key, root))
 
 
 def fetch(url: str, folder: Path, sha256: str | None, quiet: bool = False) -> Path:

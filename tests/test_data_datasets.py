@@ -261,6 +261,12 @@ def test_extract_rejects_wrong_layout_and_wrong_counts(dl, camvid_root, tmp_path
     with pytest.raises(ValueError, match="split sizes"):
         dl.extract_camvid(good, tmp_path / "dest")  # expects the real 367 / 101 / 233
     assert not (tmp_path / "dest").exists() and not (tmp_path / "dest.extracting").exists()
+    # A good copy in place survives a failed extraction over it.
+    counts = dl.extract_camvid(good, tmp_path / "dest", expected=None)
+    with pytest.raises(ValueError, match="split sizes"):
+        dl.extract_camvid(good, tmp_path / "dest")
+    assert dl.verify_camvid(tmp_path / "dest", expected=None) == counts
+    assert not (tmp_path / "dest.extracting").exists()
 
 
 def test_download_from_a_local_url_checks_sha256(dl, tmp_path):
