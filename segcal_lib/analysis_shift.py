@@ -24,7 +24,7 @@ optionally a ``base`` calibrator whose argmax is judged) is scored on each whole
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from torch import nn
 
 from segcal_lib import paper, pipeline
 from segcal_lib.calibrators import Calibrator, list_calibrators, make_calibrator
+from segcal_lib.calibrators.evaluate import ImageBatches
 from segcal_lib.calibrators.selective import detection_quality, selector_scores
 from segcal_lib.calibrators.selective_eval import FlaggedStats, selector_detection
 from segcal_lib.config import Profile, get_profile
@@ -90,18 +91,11 @@ def _as_calibrators(calibrators, with_images: bool, progress: bool) -> dict[str,
     return cals
 
 
-def _batches(store: LogitStore, dataset, batch_size: int = 8) -> Iterator[tuple]:
-    """``(logits, labels, images or None)`` in store order; images from ``dataset`` (checked by name)."""
-    names = store.names
-    for start, (logits, labels) in zip(range(0, len(store), batch_size), store.iter_batches(batch_size),
-                                       strict=True):
-        images = None
-        if dataset is not None:
-            samples = [dataset[i] for i in range(start, start + len(logits))]
-            if [s.name for s in samples] != names[start:start + len(logits)]:
-                raise ValueError("the data set's images do not match the store's image names")
-            images = torch.stack([s.image for s in samples])
-        yield logits, labels, images
+def _batches(store: LogitStore, dataset, batch_size: int = 8):
+    """``(logits, labels, images or None)`` in store order; images from ``dataset`` (checked against the labels)."""
+    if dataset is None:
+        return ((logits, labels, None) for logits, labels in store.iter_batches(batch_size))
+    return ImageBatches(store, dataset, batch_size=batch_size)
 
 
 def fit_calibrators(store: LogitStore, calibrators=None, *, dataset=None, progress: bool = False

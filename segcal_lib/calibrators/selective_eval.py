@@ -25,7 +25,7 @@ from segcal_lib.calibrators.selective import PAPER_T_MIS, apply_selective_scalin
 from segcal_lib.metrics import CalibrationMeter, SegmentationMeter, boundary_mask
 from segcal_lib.stats import paired_bootstrap_ci
 
-__all__ = ["BOUNDARY_SUBSETS", "OracleSelective", "batches_with_images", "estimate_selective_gain",
+__all__ = ["BOUNDARY_SUBSETS", "OracleSelective", "estimate_selective_gain",
            "FlaggedStats", "evaluate_calibrators", "flagged_calibration", "oracle_sweep", "selective_flag_batches",
            "selector_detection"]
 
@@ -34,20 +34,6 @@ BOUNDARY_SUBSETS: dict[str, Callable] = {
     "boundary": lambda labels: boundary_mask(labels),
     "non-boundary": lambda labels: (labels != IGNORE_INDEX) & ~boundary_mask(labels),
 }
-
-
-def batches_with_images(store, dataset, batch_size: int = 8):
-    """``(logits, labels, images)`` batches of a stored split beside the images of its data set (for calibrators
-    that need images). The store and the data set must hold the same images in the same order (checked by labels).
-    """
-    if len(store) != len(dataset):
-        raise ValueError(f"store and dataset must hold the same images, got {len(store)} and {len(dataset)}")
-    for s, (logits, labels) in zip(range(0, len(store), batch_size), store.iter_batches(batch_size), strict=True):
-        samples = [dataset[i] for i in range(s, s + logits.shape[0])]
-        images = torch.stack([smp.image for smp in samples])
-        if not torch.equal(torch.stack([smp.label for smp in samples]).long(), labels):
-            raise ValueError(f"the labels of images {s}..{s + len(samples) - 1} differ between store and dataset")
-        yield logits, labels, images
 
 
 def _apply(method, logits, labels, images):
