@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from segcal_lib import pipeline
-from segcal_lib.analysis.convergence import curve_frame, plateau_step, plateaued, smooth
+from segcal_lib.analysis.convergence import VAL_TOL, curve_frame, late_improvement, plateau_step, plateaued, smooth
 from segcal_lib.analysis.correctness import correctness_sums
 from segcal_lib.analysis.image_sums import ImageSums, metric_rows, paired_stat
 from segcal_lib.config import Profile, get_profile
@@ -149,8 +149,9 @@ class Sweep:
     metrics : tidy rows (see the module docstring).
     models : one row per trained model: ``model``, ``family``, ``params``, ``crop_size``, ``seed``, ``iters``,
         ``train_time_s`` (as recorded when it was trained), ``final_loss`` (mean loss of the last tenth of the run),
-        ``plateau_step``, ``plateau_loss``, ``plateaued``, ``trained_now`` (trained by this call), ``cpu_time_s``
-        (CPU seconds of this call, training included) and the cache ``key``.
+        ``plateau_step``, ``plateau_loss``, ``plateaued``, ``val_improvement`` and ``stopped_improving`` (the
+        validation curve's test, :func:`~segcal_lib.analysis.convergence.stopped_improving`), ``trained_now``
+        (trained by this call), ``cpu_time_s`` (CPU seconds of this call, training included) and the cache ``key``.
     curves : training-loss curves (``model``, ``crop_size``, ``seed``, ``step``, ``loss``, ``smoothed``, ...).
     extras : sweep-specific results, e.g. reliability-diagram data or the paired comparisons.
     """
@@ -197,13 +198,15 @@ def get_factor_model(dataset: str, model: str, crop: int, seed: int, profile: Pr
 
 def _model_row(net, cfg) -> dict:
     meta = net.train_meta
-    losses = meta["history"]["loss"]
+    losses, curves = meta["history"]["loss"], meta["history"].get("curves")
     step = plateau_step(losses)
+    val_gain = late_improvement(curves["step"], curves["val_loss"]) if curves else float("nan")
     return {"model": cfg.model, "family": get_model_config(cfg.model).family, "params": meta["num_params"],
             "crop_size": cfg.crop_size, "seed": cfg.seed, "iters": meta["iters"], "train_time_s": meta["train_time_s"],
             "final_loss": float(smooth(losses)[-1]), "plateau_step": step, "plateau_loss": float(smooth(losses)[step]),
-            "plateaued": plateaued(losses), "trained_now": net.trained_now, "cpu_time_s": net.cpu_time_s,
-            "key": net.cache_key}
+            "plateaued": plateaued(losses), "val_improvement": val_gain,
+            "stopped_improving": bool(curves) and bool(val_gain < VAL_TOL), "trained_now": net.trained_now,
+            "cpu_time_s": net.cpu_time_s, "key": net.cache_key}
 
 
 def _train_all(dataset, points, profile, settings, progress, verbose):
@@ -373,10 +376,13 @@ def correctness_analysis(dataset: str = "synthetic", profile: Profile | str | No
 def training_sentence(models: pd.DataFrame) -> str:
     """One sentence about a sweep's ``models`` frame: how many runs plateaued, which did not, what this run trained."""
     n_ok, n = int(models["plateaued"].sum()), len(models)
-    text = f"{n_ok} of {n} training runs plateaued (`analysis.plateaued`)."
+    n_val = int(models["stopped_improving"].sum())
+    text = (f"{n_ok} of {n} training runs plateaued (`analysis.plateaued`), and in {n_val} of {n} the validation "
+            f"loss had stopped improving (`analysis.stopped_improving`: the last fifth of the run lowered its best "
+            f"value by less than {VAL_TOL:.0%}).")
     late = models[~models["plateaued"]]
     if len(late):
-        text += " Still falling at 80% of the run, so under-trained: " + ", ".join(
+        text += " Training loss still falling at 80% of the run: " + ", ".join(
             f"{r.model} at crop {r.crop_size} (seed {r.seed})" for r in late.itertuples()) + "."
     trained = models[models["trained_now"]]
     if len(trained) == 0:
