@@ -265,7 +265,7 @@ def reliability_row(results: Mapping[str, Mapping], histogram: bool = True):
                              squeeze=False, gridspec_kw={"height_ratios": [3, 1.4][: 1 + histogram]})
     for k, (name, res) in enumerate(results.items()):
         reliability_diagram(res, ax=axes[0][k], title=f"{name}\npooled ECE {res['ece']:.3f}")
-        axes[0][k].legend().set_visible(k == 0)
+        axes[0][k].get_legend().remove()  # one legend under the row, never over the bars
         if histogram:
             rel = res["reliability"]
             share = np.asarray(rel["count"], dtype=float) / max(float(np.sum(rel["count"])), 1)
@@ -279,7 +279,9 @@ def reliability_row(results: Mapping[str, Mapping], histogram: bool = True):
         ax.xaxis.label.set_size(9)
         ax.yaxis.label.set_size(9)
         ax.title.set_size(9)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if histogram else 0.1, 1, 1))
     return fig
 
 

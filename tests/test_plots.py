@@ -44,3 +44,19 @@ def test_right_wrong_legend_takes_other_names_for_the_same_colours_and_rejects_a
     with pytest.raises(ValueError, match="three labels"):
         plots.right_wrong_legend(ax, names=("yes", "no"))
     plt.close(fig)
+
+
+def test_reliability_row_has_one_legend_under_the_panels_not_over_the_bars():
+    from segcal_lib.metrics import CalibrationMeter
+
+    meter = CalibrationMeter(4, classwise=False)
+    gen = torch.Generator().manual_seed(0)
+    meter.update(torch.randn(2, 4, 8, 8, generator=gen) * 3, torch.randint(0, 4, (2, 8, 8), generator=gen))
+    res = meter.compute()
+    fig = plots.reliability_row({"a": res, "b": res})
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["perfect calibration", "accuracy", "gap"]
+    lowest_panel = min(ax.get_position().y0 for ax in fig.axes)
+    assert legend.get_window_extent().y1 <= lowest_panel * fig.bbox.height + 1  # below every panel
+    plt.close(fig)
