@@ -304,7 +304,7 @@ def test_training_length_table_matches_the_meters_on_each_length(monkeypatch, tm
     monkeypatch.setenv("SEGCAL_CACHE", str(tmp_path / "cache"))
     tiny = get_profile("fast", image_size=(32, 48), n_train=4, n_val=2, n_test=2, crop_size=32, train_iters=4,
                        batch_size=2, model="mobilenetv3_small_fpn")
-    table = analysis.training_length_table("synthetic", tiny, fractions=(0.5, 1.0))
+    table = analysis.training_length_table("synthetic", tiny, fractions=(0.5, 1.0), progress=False)
     assert list(table.index) == [2, 4]
     for steps, row in table.iterrows():
         model, cfg = pipeline.get_model("synthetic", tiny, progress=False, iters=steps)

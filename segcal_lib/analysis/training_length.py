@@ -35,7 +35,8 @@ def _tail_drop(losses: Sequence[float]) -> float:
 
 
 def training_length_table(dataset: str = "synthetic", profile: Profile | str | None = None,
-                          fractions: Sequence[float] = (0.25, 0.5, 1.0), verbose: bool = False) -> pd.DataFrame:
+                          fractions: Sequence[float] = (0.25, 0.5, 1.0), progress: bool = True,
+                          verbose: bool = False) -> pd.DataFrame:
     """Train (or load) the main model for ``fractions`` of the profile's steps and measure each on train and test.
 
     Parameters
@@ -43,6 +44,7 @@ def training_length_table(dataset: str = "synthetic", profile: Profile | str | N
     dataset : data set name, as for :func:`segcal_lib.pipeline.get_model`.
     profile : profile or its name (default: the active one).
     fractions : fractions of ``profile.train_iters``, each giving one row (default a quarter, a half, all).
+    progress : a progress bar while a length is trained (default True; loading from the cache shows none).
     verbose : print the training / caching messages (default False: a long table of them helps nobody).
 
     Returns
@@ -60,8 +62,8 @@ def training_length_table(dataset: str = "synthetic", profile: Profile | str | N
     rows = []
     for f in fractions:
         with _quiet(verbose):
-            model, cfg = pipeline.get_model(dataset, p, progress=verbose, iters=max(2, int(p.train_iters * f)))
-            stores = {s: pipeline.get_logits(model, cfg, s, p, progress=verbose) for s in ("train", "test")}
+            model, cfg = pipeline.get_model(dataset, p, progress=progress, iters=max(2, int(p.train_iters * f)))
+            stores = {s: pipeline.get_logits(model, cfg, s, p, progress=False) for s in ("train", "test")}
         history = model.train_meta["history"]
         losses, curves = history["loss"], history.get("curves")
         row = {"steps": cfg.iters, "final_loss": float(smooth(losses)[-1]), "tail_drop": _tail_drop(losses),
