@@ -31,7 +31,7 @@ _crops = dict(zip(sorted(_s.crop_sizes), (16, 24, 32, 40)))  # ConvNeXt needs 32
 _factors.FACTOR_SETTINGS[_name] = _replace(
     _s, image_size=(32, 40), batch_size=4, seeds=_s.seeds[:2], capacity_crop=_crops[_s.capacity_crop],
     crop_sizes=tuple(sorted(_crops.values())), scales=(0.75, 1.0, 1.25),
-    steps=tuple(((m, _crops[c]), 20) for (m, c), _ in _s.steps))
+    steps=tuple(((m, _crops[c]), 20) for (m, c), _ in _s.steps), dataset_steps=())
 print("DRY RUN: tiny factor settings", _factors.FACTOR_SETTINGS[_name])
 """
 

@@ -135,13 +135,14 @@ def train_config(dataset_name: str = "synthetic", profile: Profile | str | None 
 
 
 def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = None, *, progress: bool = True,
-              data: Mapping[str, Any] | None = None, **overrides) -> tuple[nn.Module, TrainConfig]:
+              verbose: bool = True, data: Mapping[str, Any] | None = None,
+              **overrides) -> tuple[nn.Module, TrainConfig]:
     """The profile's main model for ``dataset_name``, trained or loaded from the cache; returns (model, config).
 
     ``data`` holds extra data-spec fields (a folder needs ``root=``); ``overrides`` change fields of the
     :class:`~segcal_lib.models.TrainConfig` (e.g. ``model="resnet18_fpn"``). When the model is trained, its training
     curves (loss and mIoU on the whole images of the ``val`` split and of as many ``train`` images) are recorded in
-    ``model.train_meta["history"]["curves"]``.
+    ``model.train_meta["history"]["curves"]``. ``verbose`` prints one line saying whether it was loaded or trained.
 
     >>> model, cfg = get_model("folder", data={"root": "my_data"})  # with my_data/splits.json  # doctest: +SKIP
     """
@@ -155,7 +156,8 @@ def get_model(dataset_name: str = "synthetic", profile: Profile | str | None = N
             return {"train": Subset(train, range(min(16, len(train))))}
         return {"train": Subset(train, range(min(len(val), len(train)))), "val": val}
 
-    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress, eval_sets=eval_sets)
+    model = train_or_load(cfg, lambda: load_dataset(cfg.data), progress=progress, verbose=verbose,
+                          eval_sets=eval_sets)
     return model, cfg
 
 

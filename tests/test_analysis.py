@@ -185,6 +185,45 @@ def test_trend_claims_a_direction_only_above_the_noise():
         analysis.trend(_trend_frame([[0.1, 0.2, 0.3]], xs=(0, 1, 2)), "x")
 
 
+def test_trend_table_and_length_sentence_report_each_length_s_verdict():
+    up = analysis.trend(_trend_frame([[0.10, 0.12, 0.14], [0.11, 0.13, 0.15]]), "x", x_label="size")
+    flat = analysis.trend(_trend_frame([[0.10, 0.12, 0.14], [0.11, 0.13, 0.15]], half=0.05), "x", x_label="size")
+    table = analysis.trend_table({"half": flat, "full": up}, "steps")
+    assert list(table.index) == ["half", "full"] and table.index.name == "steps"
+    assert list(table["direction"]) == ["within noise", "increases"]
+    assert table.loc["full", "effect"] == pytest.approx(0.04) and table.loc["half", "noise"] == pytest.approx(0.05)
+    nested = analysis.trend_table({("ECE", "half"): flat, ("ECE", "full"): up}, ["metric", "steps"])
+    assert nested.index.names == ["metric", "steps"] and nested.loc[("ECE", "full"), "direction"] == "increases"
+    text = analysis.length_sentence({"half": flat, "full": up})
+    assert text.startswith("The verdict on value depends on how long")
+    assert "(half: within noise, +0.0400 against noise 0.0500; full: increases, +0.0400 against noise 0.0100)." in text
+    assert "is the same at every training length" in analysis.length_sentence({"a": up, "b": up})
+    with pytest.raises(ValueError, match="two or more"):
+        analysis.length_sentence({"a": up})
+    with pytest.raises(ValueError, match="at least one"):
+        analysis.trend_table({})
+
+
+def test_scaled_settings_scale_every_budget_and_name_other_runs():
+    s = analysis.factor_settings("fast")
+    half = s.scaled(0.5)
+    for dataset in ("synthetic", "camvid"):
+        for (model, crop), _ in s.steps:
+            assert half.iters(model, crop, dataset) == max(2, round(s.iters(model, crop, dataset) / 2))
+    assert s.scaled(1e-9).iters(s.base_model, s.capacity_crop) == 2
+    with pytest.raises(ValueError, match="positive"):
+        s.scaled(0)
+    from segcal_lib import pipeline
+    from segcal_lib.analysis.factors import _overrides, factor_profile
+    from segcal_lib.models import config_key
+
+    def key(settings):
+        kw = _overrides("synthetic", s.base_model, s.capacity_crop, 0, settings)
+        return config_key(pipeline.train_config("synthetic", factor_profile("fast", settings), **kw))
+
+    assert key(half) != key(s)  # a run of its own in the cache, not the longer run's entry
+
+
 def test_difference_needs_every_seed_and_the_spread():
     assert analysis.difference([(-0.01, -0.015, -0.005), (-0.012, -0.02, -0.004)], "ECE", "a", "b").direction == "lower"
     assert analysis.difference([(-0.01, -0.015, 0.001), (-0.012, -0.02, -0.004)], "ECE", "a", "b").direction \
@@ -259,6 +298,61 @@ def test_factor_settings_check_shared_points():
         analysis.factor_settings("fast", crop_sizes=(24, 36))
 
 
+def test_factor_settings_take_a_data_set_s_own_step_budgets():
+    s = analysis.factor_settings("fast")
+    own = tuple((point, 7 * iters) for point, iters in s.steps)
+    t = analysis.factor_settings("fast", dataset_steps=(("camvid", own),))
+    for (model, crop), iters in s.steps:
+        assert t.iters(model, crop, "camvid") == 7 * iters
+        assert t.iters(model, crop, "synthetic") == t.iters(model, crop) == iters  # unnamed data sets: ``steps``
+    mine = analysis.factor_settings("fast", steps=own)  # new budgets replace every table unless both are given
+    assert mine.iters(s.base_model, s.capacity_crop, "camvid") == 7 * s.iters(s.base_model, s.capacity_crop)
+    with pytest.raises(ValueError, match="on 'camvid'"):  # a table must hold every point of both sweeps
+        analysis.factor_settings("fast", dataset_steps=(("camvid", own[1:]),))
+    # the sweeps train with the data set's budget: the configuration they build says so
+    model, crop = s.base_model, s.capacity_crop
+    assert analysis.factors._overrides("camvid", model, crop, 0, t)["iters"] == 7 * s.iters(model, crop)
+    assert analysis.factors._overrides("synthetic", model, crop, 0, t)["iters"] == s.iters(model, crop)
+
+
+@pytest.mark.parametrize("profile", ["fast", "full"])
+def test_the_gpu_script_s_dry_run_settings_are_valid_in_every_profile(profile, monkeypatch):
+    # benchmarks/run_chapters.py --dry-run inserts this cell into chapters 4-7; a settings table it leaves behind (a
+    # data set's own step budgets at crops it has remapped) would fail there, on the CPU check or the GPU run.
+    import importlib.util
+    from pathlib import Path
+
+    from segcal_lib import config
+    from segcal_lib.analysis import factors
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_chapters.py"
+    spec = importlib.util.spec_from_file_location("run_chapters", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("SEGCAL_PROFILE", profile)
+    monkeypatch.setitem(config.PROFILES, profile, config.PROFILES[profile])  # restored after the test
+    monkeypatch.setitem(factors.FACTOR_SETTINGS, profile, factors.FACTOR_SETTINGS[profile])
+    exec(module.DRY_RUN_CELL, {})
+    tiny = factors.FACTOR_SETTINGS[profile]
+    assert tiny.image_size == (32, 40) and max(tiny.crop_sizes) <= 40
+    for dataset in ("synthetic", "camvid"):
+        for model in tiny.capacity_models:
+            assert tiny.iters(model, tiny.capacity_crop, dataset) == 20
+
+
+def test_training_sentence_counts_both_tests_and_sorts_the_misses():
+    runs = pd.DataFrame({"model": ["a", "b", "c", "d"], "crop_size": [24, 24, 48, 48], "seed": [0, 1, 0, 1],
+                         "plateaued": [True, False, False, True], "stopped_improving": [True, True, False, False],
+                         "trained_now": [False, True, False, False], "train_time_s": [1.0, 12.4, 3.0, 4.0]})
+    text = analysis.training_sentence(runs)
+    assert text.startswith("2 of 4 training runs plateaued") and "in 2 of 4 the validation loss" in text
+    fitting, learning = text.split("had stopped improving: ")[1], text.split("when the run ended: ")[1]
+    assert fitting.startswith("b at crop 24 (seed 1);") and learning.startswith("c at crop 48 (seed 0).")
+    assert text.endswith("This run trained 1 of them in 12 s and loaded 3 from the cache.")
+    done = analysis.training_sentence(runs.assign(plateaued=True, trained_now=False))
+    assert "falling" not in done and "both tests" not in done and done.endswith("All 4 came from the cache.")
+
+
 @pytest.mark.slow
 def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGCAL_CACHE", str(tmp_path))
@@ -278,6 +372,27 @@ def test_tiny_capacity_sweep_frames(tmp_path, monkeypatch):
     again = analysis.capacity_sweep("synthetic", profile, settings=settings)
     assert not again.models["trained_now"].any()  # the second call loads every model from the cache
     pd.testing.assert_frame_equal(again.metrics, sweep.metrics)
+
+
+@pytest.mark.slow
+def test_tiny_crop_sweep_protocol_only_is_the_diagonal_of_the_full_grid(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCAL_CACHE", str(tmp_path))
+    from segcal_lib.config import get_profile
+
+    profile = get_profile("fast", n_train=4, n_test=3)
+    settings = analysis.factor_settings(
+        "fast", image_size=(32, 40), batch_size=2, seeds=(0,), capacity_crop=32, crop_sizes=(24, 32),
+        capacity_models=("resnet10t_eighth_fpn",), base_model="resnet10t_eighth_fpn",
+        steps=((("resnet10t_eighth_fpn", 24), 3), (("resnet10t_eighth_fpn", 32), 3)))
+    full = analysis.crop_sweep("synthetic", profile, settings=settings)
+    grid = full.metrics.groupby(["train_crop", "test", "test_crop"]).size()
+    assert len(grid) == 2 * 3  # two windows and whole images for each of two training crops
+    diagonal = analysis.crop_sweep("synthetic", profile, settings=settings, tests="protocol")
+    assert diagonal.metrics["protocol"].all() and not diagonal.models["trained_now"].any()
+    expected = full.metrics[full.metrics["protocol"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(diagonal.metrics.reset_index(drop=True), expected)
+    with pytest.raises(ValueError, match="'all' or 'protocol'"):
+        analysis.crop_sweep("synthetic", profile, settings=settings, tests="diagonal")
 
 
 def test_capacity_ladder_models_grow_and_run_at_their_crops():

@@ -6,19 +6,18 @@ whichever chapter asks first), stores its logits once through :func:`segcal_lib.
 
 - ``metrics``: one row per model x seed x split x setting x metric, with the value and its 95% bootstrap interval over
   images (``ci_low``, ``ci_high``), see :func:`segcal_lib.analysis.image_sums.metric_rows`;
-- ``models``: one row per trained model: parameters, steps, training time, final loss, plateau step, and whether the
-  run plateaued (:mod:`segcal_lib.analysis.convergence`);
+- ``models``: one row per trained model: parameters, steps, training time, final loss, plateau step, and the two
+  convergence tests (:mod:`segcal_lib.analysis.convergence`);
 - ``curves``: the training-loss curves.
 
-The sizes live in :data:`FACTOR_SETTINGS`, one entry per profile. The models of all four chapters are small and are
-trained on small images so that, in the ``fast`` profile, all of them can be trained once in CI (the target: about
-twelve minutes on two CPU cores for chapters 4 and 5 together); the chapters then read them from the cache.
+The sizes live in :data:`FACTOR_SETTINGS`, one entry per profile, with step budgets per data set where the data need
+them. The models of all four chapters are small and are trained on small images so that, in the ``fast`` profile, all
+of them (and the half-length runs of chapters 4 and 5, :meth:`FactorSettings.scaled`) can be trained once in CI on two
+CPU cores; the chapters then read them from the cache.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from segcal_lib import pipeline
-from segcal_lib.analysis.convergence import VAL_TOL, curve_frame, late_improvement, plateau_step, plateaued, smooth
+from segcal_lib.analysis import convergence
 from segcal_lib.analysis.correctness import correctness_sums
 from segcal_lib.analysis.image_sums import ImageSums, metric_rows, paired_stat
 from segcal_lib.config import Profile, get_profile
@@ -47,8 +46,10 @@ class FactorSettings:
     batch_size, lr, scale_range : training settings shared by every model (AdamW, poly schedule, random rescaling).
     seeds : training seeds per point.
     capacity_crop : training crop of the capacity sweep, and of the base model of chapters 6 and 7.
-    steps : ``((model, crop), iters)`` pairs: the training steps each model gets at each crop, chosen so that its
-        training loss plateaus (bigger models and bigger crops get more).
+    steps : ``((model, crop), iters)`` pairs: the training steps each model gets at each crop, sized by training it at
+        growing lengths (the measurements are beside the tables); bigger models get more.
+    dataset_steps : ``(dataset, steps)`` pairs: a data set that needs other budgets than ``steps`` (each table holds
+        every point of both sweeps); a data set not named here uses ``steps``.
     capacity_models : the models of the capacity sweep, smallest first.
     base_model : the architecture of the crop sweep and of chapters 6 and 7.
     crop_sizes : training crops of the crop sweep.
@@ -68,23 +69,42 @@ class FactorSettings:
     crop_sizes: tuple[int, ...]
     scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     boundary_radius: int = 1
+    dataset_steps: tuple[tuple[str, tuple[tuple[tuple[str, int], int], ...]], ...] = ()
 
     def __post_init__(self):
         for name in (*self.capacity_models, self.base_model):
             get_model_config(name)  # ValueError naming the known models
-        for model in self.capacity_models:
-            self.iters(model, self.capacity_crop)
-        for crop in self.crop_sizes:
-            self.iters(self.base_model, crop)
+        for dataset in (None, *dict(self.dataset_steps)):
+            for model in self.capacity_models:
+                self.iters(model, self.capacity_crop, dataset)
+            for crop in self.crop_sizes:
+                self.iters(self.base_model, crop, dataset)
         if self.capacity_crop not in self.crop_sizes or self.base_model not in self.capacity_models:
             raise ValueError("the base model at the capacity crop must be one point of both sweeps (shared models)")
 
-    def iters(self, model: str, crop: int) -> int:
-        """Training steps of ``model`` at training crop ``crop``."""
-        table = dict(self.steps)
+    def iters(self, model: str, crop: int, dataset: str | None = None) -> int:
+        """Training steps of ``model`` at training crop ``crop`` on ``dataset`` (default: the ``steps`` table)."""
+        table = dict(dict(self.dataset_steps).get(dataset, self.steps))
         if (model, crop) not in table:
-            raise ValueError(f"no step budget for model {model!r} at crop {crop}; known: {sorted(table)}")
+            where = f" on {dataset!r}" if dataset in dict(self.dataset_steps) else ""
+            raise ValueError(f"no step budget for model {model!r} at crop {crop}{where}; known: {sorted(table)}")
         return table[(model, crop)]
+
+    def scaled(self, factor: float) -> FactorSettings:
+        """The same settings with every step budget (of every data set) times ``factor``, rounded, at least 2.
+
+        A model trained with the scaled budget is a run of its own (its learning-rate schedule ends at the new step
+        count), not a checkpoint of the longer run; chapters 4 and 5 use ``scaled(0.5)`` to ask whether a sweep's
+        verdict depends on how long its models were trained.
+        """
+        if not factor > 0:
+            raise ValueError(f"factor must be a positive number, got {factor!r}")
+
+        def scale(table):
+            return tuple((point, max(2, round(iters * factor))) for point, iters in table)
+
+        return replace(self, steps=scale(self.steps),
+                       dataset_steps=tuple((name, scale(table)) for name, table in self.dataset_steps))
 
 
 FACTOR_SETTINGS: dict[str, FactorSettings] = {
@@ -112,7 +132,28 @@ FACTOR_SETTINGS: dict[str, FactorSettings] = {
         steps=((("resnet10t_sixteenth_fpn", 48), 600), (("resnet10t_eighth_fpn", 48), 1500),
                (("convnext_d8_fpn", 48), 2000), (("resnet10t_quarter_fpn", 48), 1500), (("convnext_d16_fpn", 48), 1500),
                (("resnet10t_quarter_fpn", 24), 1500), (("resnet10t_quarter_fpn", 30), 1500),
-               (("resnet10t_quarter_fpn", 36), 1500))),
+               (("resnet10t_quarter_fpn", 36), 1500)),
+        # CamVid (367 training frames at the same 72x96): the final training loss falls by 10-18% per doubling of the
+        # steps (like a power of the step count), so the plateau test rarely passes at any length. Each budget below is
+        # the shortest tried (1x, 2x, 4x the synthetic one) at which both seeds' best validation loss had stopped
+        # improving (`stopped_improving`), with two constraints: a bigger model never gets fewer steps than a smaller
+        # one, and every crop of the crop sweep gets the same steps (so ResNet-1/4 at 48px and ConvNeXt-d16 get more
+        # than their 1500-step runs needed; ConvNeXt-d16's 3000-step seed 1 was still improving, which shows how noisy a
+        # single validation verdict is).
+        # Plateau at (fraction of the run) and late validation improvement, seed 0 / 1:
+        #   resnet10t_sixteenth 48px  600 steps: 0.80 / 0.67, -3.2% / +1.5%
+        #   resnet10t_eighth    48px 1500 steps: 0.75 / 0.80, -2.6% / -11.5%
+        #   convnext_d8         48px 2000 steps: 0.82 / 0.84, -13.6% / -11.2% (4000: 0.84 / 0.81, -1.6% / -2.5%)
+        #   resnet10t_quarter   48px 3000 steps: 0.79 / 0.79, -4.7% / -5.6% (1500: 0.77 / 0.83, -2.0% / -1.4%)
+        #   convnext_d16        48px 6000 steps: 0.87 / 0.87, +1.2% / +0.4% (3000: 0.83 / 0.84, -0.2% / +8.0%)
+        #   resnet10t_quarter   24px 3000 steps: 0.84 / 0.88, -9.6% / -7.6% (1500: 0.88 / 0.87, -0.3% / +1.8%)
+        #   resnet10t_quarter   30px 3000 steps: 0.82 / 0.91, -1.6% / -9.3% (1500: 0.78 / 0.71, -8.3% / +12.5%)
+        #   resnet10t_quarter   36px 3000 steps: 0.82 / 0.84, -8.8% / -1.0% (1500: 0.78 / 0.75, -3.2% / +2.7%)
+        # The crop sweep trains every crop for the same 3000 steps (crop 48 is shared with the capacity sweep).
+        dataset_steps=(("camvid", ((("resnet10t_sixteenth_fpn", 48), 600), (("resnet10t_eighth_fpn", 48), 1500),
+                                   (("convnext_d8_fpn", 48), 2000), (("resnet10t_quarter_fpn", 48), 3000),
+                                   (("convnext_d16_fpn", 48), 6000), (("resnet10t_quarter_fpn", 24), 3000),
+                                   (("resnet10t_quarter_fpn", 30), 3000), (("resnet10t_quarter_fpn", 36), 3000))),)),
     # Sized for a GPU (not run here: see benchmarks/gpu_factors.sh).
     "full": FactorSettings(
         image_size=(360, 480), batch_size=8, lr=5e-4, scale_range=(0.5, 2.0), seeds=(0, 1, 2), capacity_crop=320,
@@ -127,9 +168,14 @@ FACTOR_SETTINGS: dict[str, FactorSettings] = {
 
 
 def factor_settings(profile: Profile | str | None = None, **overrides) -> FactorSettings:
-    """The :class:`FactorSettings` of the active profile (or the one named), with optional field overrides."""
+    """The :class:`FactorSettings` of the active profile (or the one named), with optional field overrides.
+
+    ``steps=`` replaces every step table, the data sets' own ones too, unless ``dataset_steps=`` is given as well.
+    """
     name = profile.name if isinstance(profile, Profile) else get_profile(profile).name
     settings = FACTOR_SETTINGS[name]
+    if "steps" in overrides:
+        overrides.setdefault("dataset_steps", ())
     return replace(settings, **overrides) if overrides else settings
 
 
@@ -162,18 +208,9 @@ class Sweep:
     extras: dict = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def _quiet(verbose: bool):
-    if verbose:
-        yield
-    else:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-
-
-def _overrides(model: str, crop: int, seed: int, s: FactorSettings) -> dict:
-    return dict(model=model, crop_size=crop, iters=s.iters(model, crop), seed=seed, batch_size=s.batch_size, lr=s.lr,
-                scale_range=tuple(s.scale_range), pretrained=False)
+def _overrides(dataset: str, model: str, crop: int, seed: int, s: FactorSettings) -> dict:
+    return dict(model=model, crop_size=crop, iters=s.iters(model, crop, dataset), seed=seed, batch_size=s.batch_size,
+                lr=s.lr, scale_range=tuple(s.scale_range), pretrained=False)
 
 
 def get_factor_model(dataset: str, model: str, crop: int, seed: int, profile: Profile | str | None = None,
@@ -186,11 +223,10 @@ def get_factor_model(dataset: str, model: str, crop: int, seed: int, profile: Pr
     p = profile if isinstance(profile, Profile) else get_profile(profile)
     s = settings or factor_settings(p)
     fp = factor_profile(p, s)
-    kw = _overrides(model, crop, seed, s)
+    kw = _overrides(dataset, model, crop, seed, s)
     cached = load_metadata(config_key(pipeline.train_config(dataset, fp, **kw))) is not None
     start = time.process_time()
-    with _quiet(verbose):
-        net, cfg = pipeline.get_model(dataset, fp, progress=progress, **kw)
+    net, cfg = pipeline.get_model(dataset, fp, progress=progress, verbose=verbose, **kw)
     net.trained_now = not cached
     net.cpu_time_s = time.process_time() - start
     return net, cfg
@@ -199,14 +235,14 @@ def get_factor_model(dataset: str, model: str, crop: int, seed: int, profile: Pr
 def _model_row(net, cfg) -> dict:
     meta = net.train_meta
     losses, curves = meta["history"]["loss"], meta["history"].get("curves")
-    step = plateau_step(losses)
-    val_gain = late_improvement(curves["step"], curves["val_loss"]) if curves else float("nan")
+    step, smoothed = convergence.plateau_step(losses), convergence.smooth(losses)
+    val_gain = convergence.late_improvement(curves["step"], curves["val_loss"]) if curves else float("nan")
+    val_done = bool(curves) and convergence.stopped_improving(curves["step"], curves["val_loss"])
     return {"model": cfg.model, "family": get_model_config(cfg.model).family, "params": meta["num_params"],
             "crop_size": cfg.crop_size, "seed": cfg.seed, "iters": meta["iters"], "train_time_s": meta["train_time_s"],
-            "final_loss": float(smooth(losses)[-1]), "plateau_step": step, "plateau_loss": float(smooth(losses)[step]),
-            "plateaued": plateaued(losses), "val_improvement": val_gain,
-            "stopped_improving": bool(curves) and bool(val_gain < VAL_TOL), "trained_now": net.trained_now,
-            "cpu_time_s": net.cpu_time_s, "key": net.cache_key}
+            "final_loss": float(smoothed[-1]), "plateau_step": step, "plateau_loss": float(smoothed[step]),
+            "plateaued": convergence.plateaued(losses), "val_improvement": val_gain, "stopped_improving": val_done,
+            "trained_now": net.trained_now, "cpu_time_s": net.cpu_time_s, "key": net.cache_key}
 
 
 def _train_all(dataset, points, profile, settings, progress, verbose):
@@ -217,14 +253,13 @@ def _train_all(dataset, points, profile, settings, progress, verbose):
         nets[(model, crop, seed)] = (net, cfg)
         rows.append(_model_row(net, cfg))
         histories[(model, crop, seed)] = net.train_meta["history"]["loss"]
-    curves = curve_frame(histories, ("model", "crop_size", "seed"), every=5)
+    curves = convergence.curve_frame(histories, ("model", "crop_size", "seed"), every=5)
     return nets, pd.DataFrame(rows), curves
 
 
 def _store_sums(net, cfg, split, profile, settings, inference=None, verbose=False) -> ImageSums:
-    with _quiet(verbose):
-        store = pipeline.get_logits(net, cfg, split, factor_profile(profile, settings), inference=inference,
-                                    progress=False)
+    store = pipeline.get_logits(net, cfg, split, factor_profile(profile, settings), inference=inference,
+                                progress=False, verbose=verbose)
     return ImageSums.from_batches(store.iter_batches(16), store.num_classes, 10)
 
 
@@ -240,7 +275,7 @@ def capacity_sweep(dataset: str = "synthetic", profile: Profile | str | None = N
                    settings: FactorSettings | None = None, models: Sequence[str] | None = None,
                    seeds: Sequence[int] | None = None, split: str = "test", progress: bool = False,
                    verbose: bool = False) -> Sweep:
-    """Chapter 4: models of growing capacity, trained alike (each to its plateau), tested on whole images.
+    """Chapter 4: models of growing capacity, trained alike (each for its own step budget), tested on whole images.
 
     Parameters
     ----------
@@ -271,13 +306,13 @@ def capacity_sweep(dataset: str = "synthetic", profile: Profile | str | None = N
 
 def crop_sweep(dataset: str = "synthetic", profile: Profile | str | None = None, *,
                settings: FactorSettings | None = None, crops: Sequence[int] | None = None,
-               seeds: Sequence[int] | None = None, split: str = "test", progress: bool = False,
+               seeds: Sequence[int] | None = None, split: str = "test", tests: str = "all", progress: bool = False,
                verbose: bool = False) -> Sweep:
     """Chapter 5: one architecture trained at several crop sizes; each tested at every crop and on whole images.
 
     Every model is tested with sliding windows at each crop of the sweep (stride two thirds of the window) and on
     whole images. The paper's protocol is the diagonal (windows at the training crop); the rest separates the training
-    crop from the test crop.
+    crop from the test crop. ``tests="protocol"`` computes the diagonal only (a fifth of the test time).
 
     Returns
     -------
@@ -286,14 +321,18 @@ def crop_sweep(dataset: str = "synthetic", profile: Profile | str | None = None,
     diagonal), ``seed``, ``split``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n_images``.
     """
     p, s, seeds = _setup(dataset, profile, settings, seeds)
+    if tests not in ("all", "protocol"):
+        raise ValueError(f"tests must be 'all' or 'protocol', got {tests!r}")
     crops = tuple(crops or s.crop_sizes)
     nets, table, curves = _train_all(dataset, [(s.base_model, c, k) for c in crops for k in seeds], p, s,
                                      progress, verbose)
     rows = []
     for (model, crop, seed), (net, cfg) in nets.items():
-        tests = [("sliding", c, {"mode": "slide", "crop_size": c}) for c in crops]
-        tests.append(("whole", s.image_size[0], None))
-        for test, test_crop, inference in tests:
+        windows = crops if tests == "all" else (crop,)
+        settings_tested = [("sliding", c, {"mode": "slide", "crop_size": c}) for c in windows]
+        if tests == "all":
+            settings_tested.append(("whole", s.image_size[0], None))
+        for test, test_crop, inference in settings_tested:
             sums = _store_sums(net, cfg, split, p, s, inference, verbose)
             keys = {"dataset": dataset, "model": model, "train_crop": crop, "test": test, "test_crop": test_crop,
                     "protocol": test == "sliding" and test_crop == crop, "seed": seed, "split": split}
@@ -356,8 +395,7 @@ def correctness_analysis(dataset: str = "synthetic", profile: Profile | str | No
                                      progress, verbose)
     rows, reliability, removed, all_sums = [], {}, {}, {}
     for (model, _, seed), (net, cfg) in nets.items():
-        with _quiet(verbose):
-            store = pipeline.get_logits(net, cfg, split, factor_profile(p, s), progress=False)
+        store = pipeline.get_logits(net, cfg, split, factor_profile(p, s), progress=False, verbose=verbose)
         sums = correctness_sums(store.iter_batches(16), store.num_classes, 10, s.boundary_radius, seed=seed)
         for (labels, subset), su in sums.items():
             keys = {"dataset": dataset, "model": model, "labels": labels, "subset": subset, "seed": seed,
@@ -373,17 +411,26 @@ def correctness_analysis(dataset: str = "synthetic", profile: Profile | str | No
                  {"reliability": reliability, "removed": removed, "sums": all_sums})
 
 
+def _runs(frame: pd.DataFrame) -> str:
+    return ", ".join(f"{r.model} at crop {r.crop_size} (seed {r.seed})" for r in frame.itertuples())
+
+
 def training_sentence(models: pd.DataFrame) -> str:
-    """One sentence about a sweep's ``models`` frame: how many runs plateaued, which did not, what this run trained."""
+    """A few sentences about a sweep's ``models`` frame: how many runs passed each convergence test, what the runs that
+    missed the training-loss plateau did on validation images, and what this run trained."""
     n_ok, n = int(models["plateaued"].sum()), len(models)
     n_val = int(models["stopped_improving"].sum())
     text = (f"{n_ok} of {n} training runs plateaued (`analysis.plateaued`), and in {n_val} of {n} the validation "
             f"loss had stopped improving (`analysis.stopped_improving`: the last fifth of the run lowered its best "
-            f"value by less than {VAL_TOL:.0%}).")
+            f"value by less than {convergence.VAL_TOL:.0%}).")
     late = models[~models["plateaued"]]
-    if len(late):
-        text += " Training loss still falling at 80% of the run: " + ", ".join(
-            f"{r.model} at crop {r.crop_size} (seed {r.seed})" for r in late.itertuples()) + "."
+    fitting, learning = late[late["stopped_improving"]], late[~late["stopped_improving"]]
+    if len(fitting):
+        text += (f" Training loss still falling at 80% of the run while the validation loss had stopped improving: "
+                 f"{_runs(fitting)}; these runs go on fitting their training images, and more steps would not "
+                 f"improve their predictions on new ones.")
+    if len(learning):
+        text += f" Still improving by both tests when the run ended: {_runs(learning)}."
     trained = models[models["trained_now"]]
     if len(trained) == 0:
         return text + f" All {n} came from the cache."

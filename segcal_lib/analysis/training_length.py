@@ -19,7 +19,6 @@ from segcal_lib.analysis.convergence import (
     smooth,
     stopped_improving,
 )
-from segcal_lib.analysis.factors import _quiet
 from segcal_lib.analysis.image_sums import ImageSums, metric_rows
 from segcal_lib.config import Profile, get_profile
 from segcal_lib.report import fmt_ci
@@ -61,9 +60,9 @@ def training_length_table(dataset: str = "synthetic", profile: Profile | str | N
         raise ValueError(f"fractions must be a non-empty sequence of numbers in (0, 1], got {fractions!r}")
     rows = []
     for f in fractions:
-        with _quiet(verbose):
-            model, cfg = pipeline.get_model(dataset, p, progress=progress, iters=max(2, int(p.train_iters * f)))
-            stores = {s: pipeline.get_logits(model, cfg, s, p, progress=False) for s in ("train", "test")}
+        model, cfg = pipeline.get_model(dataset, p, progress=progress, verbose=verbose,
+                                        iters=max(2, int(p.train_iters * f)))
+        stores = {s: pipeline.get_logits(model, cfg, s, p, progress=False, verbose=verbose) for s in ("train", "test")}
         history = model.train_meta["history"]
         losses, curves = history["loss"], history.get("curves")
         row = {"steps": cfg.iters, "final_loss": float(smooth(losses)[-1]), "tail_drop": _tail_drop(losses),

@@ -17,6 +17,7 @@ The sentences are generated from these checks (:attr:`Trend.sentence`, :attr:`Di
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ import pandas as pd
 
 from segcal_lib.analysis.tables import LABELS
 
-__all__ = ["Difference", "Trend", "difference", "trend"]
+__all__ = ["Difference", "Trend", "difference", "length_sentence", "trend", "trend_table"]
 
 
 def _capitalised(text: str) -> str:
@@ -119,6 +120,33 @@ def trend(df: pd.DataFrame, x: str, metric: str | None = None, seed: str = "seed
     direction = ("increases" if effect > 0 else "decreases") if same_sign and abs(effect) > noise else "within noise"
     name = LABELS.get(metric, metric) if metric else value
     return Trend(direction, effect, noise, spread, half, tuple(slopes), name, x_label or x)
+
+
+def trend_table(trends: Mapping[Hashable, Trend], names: str | Sequence[str] = "setting") -> pd.DataFrame:
+    """Several :class:`Trend` results side by side, one row each: ``direction``, ``effect``, ``noise``,
+    ``seed_spread`` and ``ci_half_width``, indexed by the keys of ``trends`` (tuples give a MultiIndex named by
+    ``names``, e.g. ``{("image-wise ECE", "half the steps"): Trend, ...}`` with ``["metric", "training length"]``)."""
+    if not trends:
+        raise ValueError("trends must hold at least one Trend")
+    rows = [{"direction": t.direction, "effect": t.effect, "noise": t.noise, "seed_spread": t.seed_spread,
+             "ci_half_width": t.ci_half_width} for t in trends.values()]
+    keys = list(trends)
+    index = (pd.MultiIndex.from_tuples(keys, names=list(names)) if isinstance(keys[0], tuple)
+             else pd.Index(keys, name=names))
+    return pd.DataFrame(rows, index=index)
+
+
+def length_sentence(trends: Mapping[str, Trend]) -> str:
+    """Whether one metric's verdict is the same at every training length: ``trends`` maps a length's description
+    (e.g. "half the steps") to the :class:`Trend` of the same sweep trained that long."""
+    if len(trends) < 2 or len({t.metric for t in trends.values()}) != 1:
+        raise ValueError("trends must hold two or more Trend results of one metric")
+    metric = next(iter(trends.values())).metric
+    verdicts = "; ".join(f"{length}: {t.direction}, {t.effect:+.4f} against noise {t.noise:.4f}"
+                         for length, t in trends.items())
+    if len({t.direction for t in trends.values()}) == 1:
+        return f"The verdict on {metric} is the same at every training length ({verdicts})."
+    return f"The verdict on {metric} depends on how long the models were trained ({verdicts})."
 
 
 @dataclass(frozen=True)
