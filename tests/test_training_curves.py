@@ -1,5 +1,7 @@
 """Training curves recorded during training (segcal_lib.models.train.evaluate) and stored by train_or_load."""
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,26 @@ def test_evaluation_during_training_changes_nothing_and_records_curves():
     assert abs(hist["curves"]["val_miou"][-1] - ref_miou) < 1e-9
     again = evaluate(model, val, "cpu", batch_size=2)  # batching does not change the result
     assert abs(again["loss"] - ref_loss) < 1e-5 and not model.training
+
+
+def test_evaluation_sets_are_read_once_for_all_the_curve_points(monkeypatch):
+    class Counted(Blobs):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    cfg = tiny_cfg(iters=12)
+    _, hist = train(cfg, Blobs(), device="cpu", progress=False, eval_sets={"val": Counted(n=3, seed=1)},
+                    eval_every=2)
+    # 7 evaluations; each image read once, and the first once more to size the copy
+    assert len(hist["curves"]["step"]) == 7 and Counted.reads == 3 + 1
+    training = sys.modules["segcal_lib.models.train"]  # the module (segcal_lib.models.train is also a function)
+    monkeypatch.setattr(training, "_kept_in_memory", lambda data: data)  # read at every evaluation
+    _, direct = train(cfg, Blobs(), device="cpu", progress=False, eval_sets={"val": Counted(n=3, seed=1)},
+                      eval_every=2)
+    assert Counted.reads == 4 + 7 * 3 and hist["curves"] == direct["curves"]  # the same curves, exactly
 
 
 def test_train_or_load_stores_the_curves(tmp_path):
