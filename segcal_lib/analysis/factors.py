@@ -312,7 +312,8 @@ def crop_sweep(dataset: str = "synthetic", profile: Profile | str | None = None,
 
     Every model is tested with sliding windows at each crop of the sweep (stride two thirds of the window) and on
     whole images. The paper's protocol is the diagonal (windows at the training crop); the rest separates the training
-    crop from the test crop. ``tests="protocol"`` computes the diagonal only (a fifth of the test time).
+    crop from the test crop. ``tests="protocol"`` computes the diagonal only (one test per model instead of one per
+    crop plus whole images).
 
     Returns
     -------
@@ -427,8 +428,8 @@ def training_sentence(models: pd.DataFrame) -> str:
     fitting, learning = late[late["stopped_improving"]], late[~late["stopped_improving"]]
     if len(fitting):
         text += (f" Training loss still falling at 80% of the run while the validation loss had stopped improving: "
-                 f"{_runs(fitting)}; these runs go on fitting their training images, and more steps would not "
-                 f"improve their predictions on new ones.")
+                 f"{_runs(fitting)}; these runs go on fitting their training images, and by the validation test "
+                 f"more steps would not have improved their predictions on new ones.")
     if len(learning):
         text += f" Still improving by both tests when the run ended: {_runs(learning)}."
     trained = models[models["trained_now"]]
