@@ -204,6 +204,20 @@ def test_trend_table_and_length_sentence_report_each_length_s_verdict():
         analysis.trend_table({})
 
 
+def test_compare_lengths_applies_the_trend_test_to_each_length():
+    half = _trend_frame([[0.10, 0.12, 0.14], [0.11, 0.13, 0.15]], half=0.05).assign(metric="image_ece")
+    full = _trend_frame([[0.10, 0.12, 0.14], [0.11, 0.13, 0.15]]).assign(metric="image_ece")
+    lengths = analysis.compare_lengths({"half": half, "full": full}, "x", ["image_ece"], x_label="size")
+    assert not lengths.same("image_ece")
+    assert lengths.sentence("image_ece") == analysis.length_sentence(
+        {"half": analysis.trend(half, "x", "image_ece", x_label="size"),
+         "full": analysis.trend(full, "x", "image_ece", x_label="size")})
+    assert list(lengths.table.index) == [("image-wise ECE", "half"), ("image-wise ECE", "full")]
+    assert list(lengths.table["direction"]) == ["within noise", "increases"]
+    with pytest.raises(ValueError, match="two or more"):
+        analysis.compare_lengths({"full": full}, "x", ["image_ece"])
+
+
 def test_scaled_settings_scale_every_budget_and_name_other_runs():
     s = analysis.factor_settings("fast")
     half = s.scaled(0.5)

@@ -44,7 +44,16 @@ from segcal_lib.analysis.image_sums import (
 )
 from segcal_lib.analysis.tables import LABELS, ci_table, seed_means
 from segcal_lib.analysis.training_length import format_training_length, training_length_table
-from segcal_lib.analysis.trends import Difference, Trend, difference, length_sentence, trend, trend_table
+from segcal_lib.analysis.trends import (
+    Difference,
+    LengthComparison,
+    Trend,
+    compare_lengths,
+    difference,
+    length_sentence,
+    trend,
+    trend_table,
+)
 
 __all__ = [
     "LABELS",
@@ -85,4 +94,6 @@ __all__ = [
     "trend",
     "trend_table",
     "length_sentence",
+    "LengthComparison",
+    "compare_lengths",
 ]

@@ -25,7 +25,8 @@ import pandas as pd
 
 from segcal_lib.analysis.tables import LABELS
 
-__all__ = ["Difference", "Trend", "difference", "length_sentence", "trend", "trend_table"]
+__all__ = ["Difference", "LengthComparison", "Trend", "compare_lengths", "difference", "length_sentence", "trend",
+           "trend_table"]
 
 
 def _capitalised(text: str) -> str:
@@ -147,6 +148,43 @@ def length_sentence(trends: Mapping[str, Trend]) -> str:
     if len({t.direction for t in trends.values()}) == 1:
         return f"The verdict on {metric} is the same at every training length ({verdicts})."
     return f"The verdict on {metric} depends on how long the models were trained ({verdicts})."
+
+
+@dataclass(frozen=True)
+class LengthComparison:
+    """The outcome of :func:`compare_lengths`: ``trends[metric][length]`` is a :class:`Trend`."""
+
+    trends: dict[str, dict[str, Trend]]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Every trend, one row per (metric title, length): see :func:`trend_table`."""
+        return trend_table({(t.metric, length): t for by_length in self.trends.values() for length, t in
+                            by_length.items()}, ["metric", "training length"])
+
+    def sentence(self, metric: str) -> str:
+        """:func:`length_sentence` of ``metric`` (e.g. ``"image_ece"``)."""
+        return length_sentence(self.trends[metric])
+
+    def same(self, metric: str) -> bool:
+        """Whether ``metric``'s verdict is the same at every length."""
+        return len({t.direction for t in self.trends[metric].values()}) == 1
+
+
+def compare_lengths(frames: Mapping[str, pd.DataFrame], x: str, metrics: Sequence[str],
+                    x_label: str | None = None) -> LengthComparison:
+    """The same sweep trained for different numbers of steps: :func:`trend` of each metric in each sweep.
+
+    Parameters
+    ----------
+    frames : {length description (e.g. "half the steps"): the sweep's tidy ``metrics`` frame}, in display order.
+    x, x_label : the setting column and how sentences name it, as in :func:`trend`.
+    metrics : metric names (``"image_ece"``, ...).
+    """
+    if len(frames) < 2:
+        raise ValueError("frames must hold the sweep at two or more training lengths")
+    return LengthComparison({m: {length: trend(df, x, m, x_label=x_label) for length, df in frames.items()}
+                             for m in metrics})
 
 
 @dataclass(frozen=True)

@@ -222,10 +222,10 @@ class _EightBit(Dataset):
 
 
 class _InMemory(Dataset):
-    """Reads every item of an :class:`_EightBit` data set once (a quarter of float32's memory), in ``num_workers``
-    processes when > 0."""
+    """Reads every item of a data set once (an :class:`_EightBit` one for training: a quarter of float32's memory), in
+    ``num_workers`` processes when > 0."""
 
-    def __init__(self, dataset: _EightBit, progress: bool, num_workers: int = 0):
+    def __init__(self, dataset: Dataset, progress: bool, num_workers: int = 0):
         loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
         self.items = list(tqdm(loader, desc="reading training data", disable=not progress, leave=False))
 
@@ -236,25 +236,14 @@ class _InMemory(Dataset):
         return self.items[i]
 
 
-class _Materialised(Dataset):
-    """The (image, label) pairs of an evaluation set, read once and kept as they are (no 8-bit rounding, so the
-    curves are the same as without it): the training curves evaluate the same images every few steps, and reading,
-    decoding or rendering (procedural scenes) each of them again every time cost as much as training the factor
-    chapters' small models (measured: about 14 s per run of 21 evaluations of 96 images at 72x96)."""
-
-    def __init__(self, dataset: Dataset):
-        self.items = [dataset[i][:2] for i in range(len(dataset))]
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def _kept_in_memory(dataset: Dataset) -> Dataset:
-    """``dataset`` as a :class:`_Materialised` copy when its float32 images fit the memory cache's limit."""
-    return _Materialised(dataset) if len(dataset) and 4 * _estimated_bytes(dataset) < MEMORY_CACHE_BYTES else dataset
+    """An evaluation set read once into memory, items as the data set returns them (no 8-bit rounding, so the curves
+    are the same), when its float32 images fit the memory cache's limit. The training curves evaluate the same images
+    every few steps, and reading, decoding or rendering (procedural scenes) each again every time cost as much as
+    training the factor chapters' small models (measured: about 14 s per run of 21 evaluations of 96 images, 72x96)."""
+    if len(dataset) and 4 * _estimated_bytes(dataset) < MEMORY_CACHE_BYTES:
+        return _InMemory(dataset, progress=False)
+    return dataset
 
 
 class _Augmented(Dataset):
